@@ -1,0 +1,94 @@
+//! The SK bottleneck: the paper's SKNet unit and timm's `SelectiveKernelBottleneck`.
+
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::basic::sum_params;
+use super::shortcut::{projection_macs, projection_params, shortcut, Projection};
+use super::BlockSpec;
+use crate::layers::selective_kernel::SelectiveKernelConfig;
+use crate::layers::{ConvGeometry, ConvNormAct, SelectiveKernel};
+
+/// `relu(conv3(sk(conv1(x))) + shortcut(x))`: 1x1 reduce, SK conv (stride), 1x1 expand.
+///
+/// # Shapes
+/// - input: `[batch, in_channels, h, w]`
+/// - output: `[batch, 4 * planes, h / stride, w / stride]`
+#[derive(Module, Debug)]
+pub struct BottleneckBlock {
+    /// 1x1 conv + BN + ReLU, in -> width.
+    pub conv1: ConvNormAct,
+    /// SK conv, width -> width, with the stride.
+    pub conv2: SelectiveKernel,
+    /// 1x1 conv + BN, width -> out.
+    pub conv3: ConvNormAct,
+    /// Projection shortcut.
+    pub downsample: Option<Projection>,
+}
+
+impl BottleneckBlock {
+    /// Builds the block.
+    pub fn new(spec: &BlockSpec, device: &Device) -> Self {
+        let one = ConvGeometry::new(1, spec.padding);
+        let width = spec.sk_width;
+        Self {
+            conv1: ConvNormAct::new(
+                spec.in_channels,
+                width,
+                one,
+                spec.conv_bias,
+                spec.norm,
+                true,
+                device,
+            ),
+            conv2: SelectiveKernelConfig::new(width, width, spec.sk.clone())
+                .with_stride(spec.stride)
+                .with_norm(spec.norm)
+                .with_padding(spec.padding)
+                .init(device),
+            conv3: ConvNormAct::new(
+                width,
+                spec.out_channels,
+                one,
+                spec.conv_bias,
+                spec.norm,
+                false,
+                device,
+            ),
+            downsample: spec.projection(device),
+        }
+    }
+
+    /// Forward; pushes the SK attention `[batch, M, C]` when asked.
+    pub fn forward(&self, input: Tensor<4>, attention: Option<&mut Vec<Tensor<3>>>) -> Tensor<4> {
+        let x = self.conv1.forward(input.clone());
+        let (x, a) = self.conv2.forward_with_attention(x);
+        if let Some(sink) = attention {
+            sink.push(a);
+        }
+        let x = self.conv3.forward(x);
+        relu(x.add(shortcut(&self.downsample, input)))
+    }
+
+    pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        self.conv2.out_hw(h, w)
+    }
+
+    pub(crate) fn macs(&self, h: usize, w: usize) -> u64 {
+        let (oh, ow) = self.conv2.out_hw(h, w).unwrap_or((0, 0));
+        self.conv1.conv.macs(h, w)
+            + self.conv2.macs(h, w)
+            + self.conv3.conv.macs(oh, ow)
+            + projection_macs(&self.downsample, h, w)
+    }
+
+    pub(crate) fn params(&self) -> (usize, usize) {
+        sum_params(&[
+            self.conv1.params(),
+            self.conv2.params(),
+            self.conv3.params(),
+            projection_params(&self.downsample),
+        ])
+    }
+}

@@ -1,0 +1,705 @@
+//! Serializable network configuration.
+//!
+//! One [`NetworkConfig`] describes every SKNet this crate builds: the paper's SKNet-26/50/101 and
+//! SKNet-29, timm's SK-ResNets and SK-ResNeXt, and the Keras notebook's model. It round-trips
+//! through JSON and TOML, and [`NetworkConfig::validate`] rejects any config that cannot be
+//! built, naming the field and the constraint.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use thiserror::Error;
+
+/// Everything that can be wrong with a config, a config file or a preset name.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A field holds a value the network cannot be built with.
+    #[error("invalid config: `{field}` {constraint}")]
+    Invalid {
+        /// Dotted path of the offending field, e.g. `sk.kernel_sizes`.
+        field: String,
+        /// What was expected, and what was found.
+        constraint: String,
+    },
+    /// No preset of that name.
+    #[error("unknown architecture `{name}`; known presets: {known}")]
+    UnknownPreset {
+        /// The name asked for.
+        name: String,
+        /// Comma-separated preset names.
+        known: String,
+    },
+    /// A config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A config file could not be parsed.
+    #[error("cannot parse config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message (it names the field and line).
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        constraint: constraint.into(),
+    }
+}
+
+/// How convolutions pad their input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Padding {
+    /// PyTorch/timm: `((stride - 1) + dilation * (kernel - 1)) / 2` on every side.
+    Symmetric,
+    /// TensorFlow/Keras `'same'`: output = ceil(input / stride); an odd total pad puts the extra
+    /// row and column at the bottom and right.
+    Same,
+}
+
+/// How the width `d` of the attention vector z is chosen from the unit's width C.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "snake_case")]
+pub enum AttnWidth {
+    /// The paper: `d = max(C / r, L)` (integer division).
+    Paper {
+        /// Reduction ratio r.
+        reduction: usize,
+        /// Floor L.
+        min_width: usize,
+    },
+    /// timm: `make_divisible(C * ratio, divisor)` (round to the nearest multiple of `divisor`,
+    /// at least `divisor`, and never more than 10% below `C * ratio`).
+    Divisible {
+        /// rd_ratio.
+        ratio: f64,
+        /// rd_divisor.
+        divisor: usize,
+    },
+    /// A fixed width.
+    Fixed {
+        /// d.
+        width: usize,
+    },
+}
+
+impl AttnWidth {
+    /// The width d for a unit of `channels` output channels.
+    pub fn resolve(&self, channels: usize) -> usize {
+        match *self {
+            AttnWidth::Paper {
+                reduction,
+                min_width,
+            } => (channels / reduction).max(min_width),
+            AttnWidth::Divisible { ratio, divisor } => {
+                make_divisible(channels as f64 * ratio, divisor)
+            }
+            AttnWidth::Fixed { width } => width,
+        }
+    }
+}
+
+/// timm's `make_divisible` (round_limit 0.9).
+pub fn make_divisible(value: f64, divisor: usize) -> usize {
+    let d = divisor as f64;
+    let rounded = (((value + d / 2.0) as usize) / divisor * divisor).max(divisor);
+    if (rounded as f64) < 0.9 * value {
+        rounded + divisor
+    } else {
+        rounded
+    }
+}
+
+/// Output layout of the select layer's `M * C` logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogitLayout {
+    /// Logit of branch m, channel c at index `m * C + c` (paper, Caffe, timm).
+    BranchMajor,
+    /// Logit of branch m, channel c at index `c * M + m` (the Keras notebook's reshape).
+    ChannelMajor,
+}
+
+/// The split/fuse/select hyper-parameters of every SK unit in a network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkConfig {
+    /// One entry per branch: the receptive field of that branch (3, 5, 7, ...). M = its length.
+    pub kernel_sizes: Vec<usize>,
+    /// Realise a k x k receptive field as a 3x3 conv with dilation (k-1)/2 (paper, timm), or as
+    /// a true k x k conv (the Keras notebook).
+    pub dilated_3x3: bool,
+    /// Convolution groups G in each branch (clamped to the unit width, as timm does).
+    pub groups: usize,
+    /// timm's split_input: each branch sees an equal slice of the input channels.
+    pub split_input: bool,
+    /// Width of z.
+    pub attn_width: AttnWidth,
+    /// BatchNorm + ReLU on z (paper, timm); the Keras notebook has neither.
+    pub attn_norm_act: bool,
+    /// Biases on the reduce and select layers (Keras Dense layers have them).
+    pub attn_bias: bool,
+    /// Biases on the branch convolutions (Keras Conv2D default).
+    pub conv_bias: bool,
+    /// Layout of the select layer's logits.
+    pub layout: LogitLayout,
+}
+
+impl SkConfig {
+    /// The paper: branches 3x3 and dilated "5x5", G = 32, d = max(C/16, 32), BN+ReLU on z.
+    pub fn paper() -> Self {
+        Self {
+            kernel_sizes: vec![3, 5],
+            dilated_3x3: true,
+            groups: 32,
+            split_input: false,
+            attn_width: AttnWidth::Paper {
+                reduction: 16,
+                min_width: 32,
+            },
+            attn_norm_act: true,
+            attn_bias: false,
+            conv_bias: false,
+            layout: LogitLayout::BranchMajor,
+        }
+    }
+
+    /// timm's skresnet18/34: split input, d = make_divisible(C / 8, 16), no groups.
+    pub fn timm_basic() -> Self {
+        Self {
+            groups: 1,
+            split_input: true,
+            attn_width: AttnWidth::Divisible {
+                ratio: 1.0 / 8.0,
+                divisor: 16,
+            },
+            ..Self::paper()
+        }
+    }
+
+    /// timm's skresnext50_32x4d: d = make_divisible(C / 16, 32), G = 32.
+    pub fn timm_resnext() -> Self {
+        Self {
+            attn_width: AttnWidth::Divisible {
+                ratio: 1.0 / 16.0,
+                divisor: 32,
+            },
+            ..Self::paper()
+        }
+    }
+
+    /// The Keras notebook's SKUnit: true 3x3 and 5x5 kernels with bias, d = max(C/16, 32),
+    /// Dense layers with bias and no BN/ReLU on z, channel-major logits.
+    pub fn keras() -> Self {
+        Self {
+            kernel_sizes: vec![3, 5],
+            dilated_3x3: false,
+            groups: 32,
+            split_input: false,
+            attn_width: AttnWidth::Paper {
+                reduction: 16,
+                min_width: 32,
+            },
+            attn_norm_act: false,
+            attn_bias: true,
+            conv_bias: true,
+            layout: LogitLayout::ChannelMajor,
+        }
+    }
+
+    /// Number of branches M.
+    pub fn branches(&self) -> usize {
+        self.kernel_sizes.len()
+    }
+
+    /// (kernel, dilation) of branch `m`.
+    pub fn branch_kernel(&self, m: usize) -> (usize, usize) {
+        let k = self.kernel_sizes[m];
+        if self.dilated_3x3 {
+            (3, (k - 1) / 2)
+        } else {
+            (k, 1)
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel_sizes.len() < 2 {
+            return Err(invalid(
+                "sk.kernel_sizes",
+                format!(
+                    "needs at least 2 branches (M >= 2), found {}",
+                    self.kernel_sizes.len()
+                ),
+            ));
+        }
+        for (m, &k) in self.kernel_sizes.iter().enumerate() {
+            if k < 1 || k % 2 == 0 {
+                return Err(invalid(
+                    format!("sk.kernel_sizes[{m}]"),
+                    format!("must be an odd size >= 1, found {k}"),
+                ));
+            }
+            if self.dilated_3x3 && k < 3 {
+                return Err(invalid(
+                    format!("sk.kernel_sizes[{m}]"),
+                    format!("must be >= 3 when dilated_3x3 is set, found {k}"),
+                ));
+            }
+        }
+        if self.groups == 0 {
+            return Err(invalid("sk.groups", "must be >= 1, found 0"));
+        }
+        match self.attn_width {
+            AttnWidth::Paper {
+                reduction,
+                min_width,
+            } => {
+                if reduction == 0 {
+                    return Err(invalid("sk.attn_width.reduction", "must be >= 1, found 0"));
+                }
+                if min_width == 0 {
+                    return Err(invalid("sk.attn_width.min_width", "must be >= 1, found 0"));
+                }
+            }
+            AttnWidth::Divisible { ratio, divisor } => {
+                if !(ratio.is_finite() && ratio > 0.0) {
+                    return Err(invalid(
+                        "sk.attn_width.ratio",
+                        format!("must be a positive number, found {ratio}"),
+                    ));
+                }
+                if divisor == 0 {
+                    return Err(invalid("sk.attn_width.divisor", "must be >= 1, found 0"));
+                }
+            }
+            AttnWidth::Fixed { width } => {
+                if width == 0 {
+                    return Err(invalid("sk.attn_width.width", "must be >= 1, found 0"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The stem: what comes before the first stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StemConfig {
+    /// ResNet stem: 7x7/2 conv (no bias), BN, ReLU, 3x3/2 max-pool. Stride 4.
+    Imagenet {
+        /// Output channels of the 7x7 conv.
+        width: usize,
+        /// Max-pool like Caffe (no padding, ceil mode) instead of PyTorch (padding 1).
+        caffe_pool: bool,
+    },
+    /// CIFAR stem: 3x3/1 conv (no bias), BN, ReLU. Stride 1.
+    Cifar {
+        /// Output channels.
+        width: usize,
+    },
+    /// The Keras notebook: BN on the raw input, 7x7/2 'same' conv with bias, BN, ReLU,
+    /// 3x3/2 'same' max-pool. Stride 4.
+    KerasSeed {
+        /// Output channels of the 7x7 conv.
+        width: usize,
+    },
+}
+
+impl StemConfig {
+    /// Channels the stem produces.
+    pub fn width(&self) -> usize {
+        match *self {
+            StemConfig::Imagenet { width, .. }
+            | StemConfig::Cifar { width }
+            | StemConfig::KerasSeed { width } => width,
+        }
+    }
+}
+
+/// Residual block family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// timm's SelectiveKernelBasic: SK conv (carries the stride), 3x3 conv + BN, add, ReLU.
+    /// Expansion 1.
+    Basic,
+    /// Paper / timm SelectiveKernelBottleneck: 1x1 conv + BN + ReLU, SK conv (stride),
+    /// 1x1 conv + BN, add, ReLU. Expansion 4.
+    Bottleneck,
+    /// The Keras notebook's SKConv: 1x1 conv (bias) + BN + ReLU, SK unit, BN, 1x1 conv (bias)
+    /// to 2x + BN + ReLU, add, ReLU. Expansion 2.
+    KerasSeed,
+}
+
+impl BlockKind {
+    /// Output channels = planes * expansion.
+    pub fn expansion(&self) -> usize {
+        match self {
+            BlockKind::Basic => 1,
+            BlockKind::Bottleneck => 4,
+            BlockKind::KerasSeed => 2,
+        }
+    }
+}
+
+/// BatchNorm hyper-parameters, shared by every BN in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NormConfig {
+    /// Added to the variance.
+    pub eps: f64,
+    /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
+    /// (Keras' momentum 0.99 is 0.01 here.)
+    pub momentum: f64,
+    /// Update the running variance with the unbiased batch variance (PyTorch) rather than the
+    /// biased one (Keras).
+    pub unbiased_running_var: bool,
+}
+
+impl NormConfig {
+    /// PyTorch defaults: eps 1e-5, momentum 0.1, unbiased running variance.
+    pub fn pytorch() -> Self {
+        Self {
+            eps: 1e-5,
+            momentum: 0.1,
+            unbiased_running_var: true,
+        }
+    }
+    /// Keras defaults: epsilon 1e-3, momentum 0.99, biased running variance.
+    pub fn keras() -> Self {
+        Self {
+            eps: 1e-3,
+            momentum: 0.01,
+            unbiased_running_var: false,
+        }
+    }
+}
+
+/// A whole network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Free-form name (the preset's name for presets).
+    pub name: String,
+    /// Input channels.
+    pub in_channels: usize,
+    /// Classifier outputs.
+    pub num_classes: usize,
+    /// The stem.
+    pub stem: StemConfig,
+    /// Residual block family.
+    pub block: BlockKind,
+    /// Units per stage.
+    pub layers: Vec<usize>,
+    /// Base width ("planes") per stage; the stage outputs `planes * expansion` channels.
+    pub planes: Vec<usize>,
+    /// Stride of each stage's first unit.
+    pub strides: Vec<usize>,
+    /// Bottleneck only: grouped-conv width is `floor(planes * base_width / 64) * cardinality`.
+    /// Ignored (set 64) for other blocks.
+    pub base_width: usize,
+    /// Bottleneck only: `cardinality` enters the width formula above; the SK branch groups come
+    /// from `sk.groups`.
+    pub cardinality: usize,
+    /// SK unit settings.
+    pub sk: SkConfig,
+    /// BatchNorm settings.
+    pub norm: NormConfig,
+    /// Padding convention of every convolution.
+    pub padding: Padding,
+    /// Biases on the block's 1x1 convs and shortcut conv (Keras Conv2D default).
+    pub conv_bias: bool,
+    /// Input size the preset is meant for: (height, width). Used as the default for summaries.
+    pub default_input: [usize; 2],
+}
+
+impl NetworkConfig {
+    /// Number of stages.
+    pub fn num_stages(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Channels produced by stage `i`.
+    pub fn stage_channels(&self, i: usize) -> usize {
+        self.planes[i] * self.block.expansion()
+    }
+
+    /// Width of the SK unit in a block of stage `i`.
+    pub fn sk_width(&self, i: usize) -> usize {
+        match self.block {
+            BlockKind::Bottleneck => {
+                (self.planes[i] as f64 * (self.base_width as f64 / 64.0)).floor() as usize
+                    * self.cardinality
+            }
+            BlockKind::Basic | BlockKind::KerasSeed => self.planes[i],
+        }
+    }
+
+    /// Channels entering the SK unit of a block of stage `i` whose input has `in_ch` channels.
+    pub fn sk_in_channels(&self, i: usize, in_ch: usize) -> usize {
+        match self.block {
+            BlockKind::Basic => in_ch,
+            BlockKind::Bottleneck | BlockKind::KerasSeed => self.sk_width(i),
+        }
+    }
+
+    /// Total downsampling factor of the stem.
+    pub fn stem_stride(&self) -> usize {
+        match self.stem {
+            StemConfig::Imagenet { .. } | StemConfig::KerasSeed { .. } => 4,
+            StemConfig::Cifar { .. } => 1,
+        }
+    }
+
+    /// Reads a config from a `.json` or `.toml` file (by extension; anything else is tried as
+    /// JSON then TOML), then validates it.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let parsed: Result<Self, String> = match ext.as_str() {
+            "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
+            "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
+            _ => serde_json::from_str(&text)
+                .map_err(|e| e.to_string())
+                .or_else(|json_err| {
+                    toml::from_str(&text)
+                        .map_err(|toml_err| format!("not JSON ({json_err}) nor TOML ({toml_err})"))
+                }),
+        };
+        let config = parsed.map_err(|message| ConfigError::Parse {
+            path: shown,
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks that the network can be built; the error names the field and the constraint.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.in_channels == 0 {
+            return Err(invalid("in_channels", "must be >= 1, found 0"));
+        }
+        if self.num_classes == 0 {
+            return Err(invalid("num_classes", "must be >= 1, found 0"));
+        }
+        if self.stem.width() == 0 {
+            return Err(invalid("stem.width", "must be >= 1, found 0"));
+        }
+        let n = self.layers.len();
+        if n == 0 {
+            return Err(invalid("layers", "needs at least one stage, found none"));
+        }
+        if self.planes.len() != n {
+            return Err(invalid(
+                "planes",
+                format!(
+                    "needs one entry per stage ({n}, as in `layers`), found {}",
+                    self.planes.len()
+                ),
+            ));
+        }
+        if self.strides.len() != n {
+            return Err(invalid(
+                "strides",
+                format!(
+                    "needs one entry per stage ({n}, as in `layers`), found {}",
+                    self.strides.len()
+                ),
+            ));
+        }
+        for i in 0..n {
+            if self.layers[i] == 0 {
+                return Err(invalid(format!("layers[{i}]"), "must be >= 1, found 0"));
+            }
+            if self.planes[i] == 0 {
+                return Err(invalid(format!("planes[{i}]"), "must be >= 1, found 0"));
+            }
+            if self.strides[i] == 0 {
+                return Err(invalid(format!("strides[{i}]"), "must be >= 1, found 0"));
+            }
+        }
+        if self.block == BlockKind::Bottleneck && (self.base_width == 0 || self.cardinality == 0) {
+            return Err(invalid(
+                "base_width / cardinality",
+                "must both be >= 1 for bottleneck blocks",
+            ));
+        }
+        if !(self.norm.eps.is_finite() && self.norm.eps > 0.0) {
+            return Err(invalid(
+                "norm.eps",
+                format!("must be finite and > 0, found {}", self.norm.eps),
+            ));
+        }
+        if !(self.norm.momentum.is_finite() && (0.0..=1.0).contains(&self.norm.momentum)) {
+            return Err(invalid(
+                "norm.momentum",
+                format!("must be within [0, 1], found {}", self.norm.momentum),
+            ));
+        }
+        self.sk.validate()?;
+
+        // Channel arithmetic of every unit: groups and the input split must divide evenly.
+        let m = self.sk.branches();
+        let mut in_ch = self.stem.width();
+        for i in 0..n {
+            let width = self.sk_width(i);
+            if width == 0 {
+                return Err(invalid(
+                    format!("planes[{i}]"),
+                    "gives a zero-width SK unit with this base_width",
+                ));
+            }
+            let groups = self.sk.groups.min(width);
+            for j in 0..self.layers[i] {
+                let unit_in = self.sk_in_channels(i, in_ch);
+                let branch_in = if self.sk.split_input {
+                    if unit_in % m != 0 {
+                        return Err(invalid(
+                            "sk.split_input",
+                            format!(
+                                "stage {i} unit {j}: {unit_in} input channels do not split evenly \
+                                 into {m} branches"
+                            ),
+                        ));
+                    }
+                    unit_in / m
+                } else {
+                    unit_in
+                };
+                if branch_in % groups != 0 || width % groups != 0 {
+                    return Err(invalid(
+                        "sk.groups",
+                        format!(
+                            "stage {i} unit {j}: {groups} groups must divide the branch input \
+                             ({branch_in}) and output ({width}) channels"
+                        ),
+                    ));
+                }
+                if self.block == BlockKind::KerasSeed
+                    && j == 0
+                    && in_ch == self.stage_channels(i)
+                    && self.strides[i] != 1
+                {
+                    return Err(invalid(
+                        format!("strides[{i}]"),
+                        "the Keras block uses an identity shortcut when input and output widths \
+                         match, so its stride must be 1",
+                    ));
+                }
+                in_ch = self.stage_channels(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Serializes to pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::presets;
+
+    #[test]
+    fn make_divisible_matches_timm() {
+        // Values from timm.layers.make_divisible.
+        assert_eq!(make_divisible(64.0 / 8.0, 16), 16);
+        assert_eq!(make_divisible(512.0 / 8.0, 16), 64);
+        assert_eq!(make_divisible(128.0 / 16.0, 32), 32);
+        assert_eq!(make_divisible(1024.0 / 16.0, 32), 64);
+        assert_eq!(make_divisible(2048.0 / 16.0, 32), 128);
+        assert_eq!(make_divisible(100.0, 8), 104);
+    }
+
+    #[test]
+    fn every_preset_validates_and_round_trips_through_json_and_toml() {
+        for p in presets::all() {
+            let c = (p.build)();
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let back: NetworkConfig = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(back, c, "{} via JSON", p.name);
+            let t = toml::to_string(&c).unwrap();
+            let back: NetworkConfig = toml::from_str(&t).unwrap();
+            assert_eq!(back, c, "{} via TOML", p.name);
+        }
+    }
+
+    fn expect_invalid(c: &NetworkConfig, field: &str) {
+        match c.validate() {
+            Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("expected invalid `{field}`, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn impossible_configs_name_their_field() {
+        let base = presets::by_name("skresnext50_32x4d").unwrap();
+
+        let mut c = base.clone();
+        c.sk.kernel_sizes = vec![3];
+        expect_invalid(&c, "sk.kernel_sizes");
+
+        let mut c = base.clone();
+        c.sk.groups = 3; // 128 channels are not divisible by 3 groups
+        expect_invalid(&c, "sk.groups");
+
+        let mut c = base.clone();
+        c.sk.kernel_sizes = vec![3, 4];
+        expect_invalid(&c, "sk.kernel_sizes[1]");
+
+        let mut c = base.clone();
+        c.planes.pop();
+        expect_invalid(&c, "planes");
+
+        let mut c = base.clone();
+        c.num_classes = 0;
+        expect_invalid(&c, "num_classes");
+
+        let mut c = presets::by_name("skresnet18").unwrap();
+        c.stem = StemConfig::Imagenet {
+            width: 63,
+            caffe_pool: false,
+        };
+        expect_invalid(&c, "sk.split_input");
+
+        let mut c = base;
+        c.norm.momentum = 1.5;
+        expect_invalid(&c, "norm.momentum");
+    }
+
+    #[test]
+    fn bad_config_file_names_the_file_and_field() {
+        let dir = std::env::temp_dir().join(format!("sknet-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.json");
+        std::fs::write(&path, r#"{"name": "x", "in_channels": "three"}"#).unwrap();
+        let err = NetworkConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.json") && err.contains("in_channels"),
+            "{err}"
+        );
+        let err = NetworkConfig::from_file(&dir.join("missing.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+    }
+}

@@ -1,0 +1,61 @@
+//! Convolution, BatchNorm and an optional ReLU: timm's `ConvNormAct`, with its key names
+//! (`conv.weight`, `bn.weight`, ...).
+
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use super::{BatchNorm2d, Conv2d, ConvGeometry};
+use crate::config::NormConfig;
+
+/// `act(bn(conv(x)))`.
+///
+/// # Shapes
+/// - input: `[batch, in_channels, height, width]`
+/// - output: `[batch, out_channels, height', width']`
+#[derive(Module, Debug)]
+pub struct ConvNormAct {
+    /// The convolution.
+    pub conv: Conv2d,
+    /// The normalization.
+    pub bn: BatchNorm2d,
+    /// Whether a ReLU follows.
+    #[module(skip)]
+    pub relu: bool,
+}
+
+impl ConvNormAct {
+    /// A new conv + BN (+ ReLU).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        in_channels: usize,
+        out_channels: usize,
+        geometry: ConvGeometry,
+        bias: bool,
+        norm: NormConfig,
+        relu: bool,
+        device: &Device,
+    ) -> Self {
+        Self {
+            conv: Conv2d::new(in_channels, out_channels, geometry, bias, device),
+            bn: BatchNorm2d::new(out_channels, norm, device),
+            relu,
+        }
+    }
+
+    /// Applies conv, BN and the optional ReLU.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let x = self.bn.forward(self.conv.forward(input));
+        if self.relu {
+            relu(x)
+        } else {
+            x
+        }
+    }
+
+    /// (trainable, non-trainable) parameter counts.
+    pub fn params(&self) -> (usize, usize) {
+        let (t, n) = self.bn.params();
+        (self.conv.params() + t, n)
+    }
+}

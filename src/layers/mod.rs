@@ -1,0 +1,14 @@
+//! Building blocks below the residual block: convolution, normalization, the classifier layer and
+//! the selective kernel unit.
+
+mod conv;
+mod conv_norm_act;
+mod linear;
+mod norm;
+pub mod selective_kernel;
+
+pub use conv::{Conv2d, ConvGeometry};
+pub use conv_norm_act::ConvNormAct;
+pub use linear::Linear;
+pub use norm::BatchNorm2d;
+pub use selective_kernel::{SelectiveKernel, SelectiveKernelAttn};

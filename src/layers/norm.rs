@@ -1,0 +1,109 @@
+//! BatchNorm with PyTorch parameter names and both PyTorch's and Keras' running statistics.
+
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::nn::Initializer;
+use burn::tensor::module::{batch_norm, batch_norm_train};
+use burn::tensor::{Device, Tensor};
+
+use crate::config::NormConfig;
+
+/// Batch normalization over the channel axis (axis 1).
+///
+/// Parameter names follow PyTorch (`weight`, `bias`, `running_mean`, `running_var`) so that paths
+/// equal checkpoint keys. In training (an autodiff device, layer not frozen) it normalizes with
+/// the batch statistics and updates the running ones; otherwise it uses the running ones. The
+/// running variance is updated with the unbiased batch variance when
+/// [`NormConfig::unbiased_running_var`] is set (PyTorch), with the biased one otherwise (Keras).
+/// A batch with a single value per channel (batch 1 on a 1x1 map) does not fail: its variance is
+/// zero, and the running variance is then updated with zero.
+///
+/// # Shapes
+/// - input: `[batch, channels, ...]`
+/// - output: same as input
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    /// Scale (gamma), `[channels]`.
+    pub weight: Param<Tensor<1>>,
+    /// Shift (beta), `[channels]`.
+    pub bias: Param<Tensor<1>>,
+    /// Running mean, `[channels]`.
+    pub running_mean: RunningState<Tensor<1>>,
+    /// Running variance, `[channels]`.
+    pub running_var: RunningState<Tensor<1>>,
+    /// Whether this layer trains (freezing turns it off).
+    pub training: Param<Flag>,
+    /// eps, momentum, variance convention.
+    #[module(skip)]
+    pub config: NormConfig,
+}
+
+impl BatchNorm2d {
+    /// Identity-initialised BN: weight 1, bias 0, mean 0, var 1.
+    pub fn new(channels: usize, config: NormConfig, device: &Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([channels], device),
+            bias: Initializer::Zeros.init([channels], device),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            training: Param::from_bool(true),
+            config,
+        }
+    }
+
+    /// Channels.
+    pub fn channels(&self) -> usize {
+        self.weight.shape().dims::<1>()[0]
+    }
+
+    /// Applies the normalization.
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let device = input.device();
+        if !(device.is_autodiff() && self.training.is_enabled()) {
+            return batch_norm(
+                input,
+                self.weight.val(),
+                self.bias.val(),
+                self.running_mean.value().to_device(&device),
+                self.running_var.value().to_device(&device),
+                self.config.eps,
+            );
+        }
+        let dims = input.dims();
+        let count: usize = dims
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, d)| d)
+            .product();
+        let result = batch_norm_train(input, self.weight.val(), self.bias.val(), self.config.eps);
+        let variance = if self.config.unbiased_running_var && count > 1 {
+            result
+                .variance
+                .mul_scalar(count as f64 / (count - 1) as f64)
+        } else {
+            result.variance
+        };
+        let m = self.config.momentum;
+        let mean = self
+            .running_mean
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - m)
+            .add(result.mean.mul_scalar(m));
+        let var = self
+            .running_var
+            .value_sync()
+            .to_device(&device)
+            .mul_scalar(1.0 - m)
+            .add(variance.mul_scalar(m));
+        self.running_mean.update(mean.detach());
+        self.running_var.update(var.detach());
+        result.output
+    }
+
+    /// (trainable, non-trainable) parameter counts, as Keras counts them.
+    pub fn params(&self) -> (usize, usize) {
+        let c = self.channels();
+        (2 * c, 2 * c)
+    }
+}

@@ -1,0 +1,259 @@
+//! The selective kernel convolution (Li et al., "Selective Kernel Networks", CVPR 2019, sec. 3.1).
+//!
+//! Split, fuse, select:
+//! - **Split**: M branches, each a grouped convolution with its own receptive field, + BN + ReLU:
+//!   `U_m = ReLU(BN(conv_m(x)))`.
+//! - **Fuse**: `U = sum_m U_m`, `s = GAP(U)`, `z = act(norm(W_reduce s))`, where `norm`+`act` is
+//!   BN+ReLU in the paper and timm and nothing in the Keras notebook.
+//! - **Select**: `a = softmax over m of (W_select z)`, per channel; `V = sum_m a_m * U_m`.
+//!
+//! Matches timm's `SelectiveKernel` / `SelectiveKernelAttn` (module paths `paths.{m}.conv`,
+//! `paths.{m}.bn`, `attn.fc_reduce`, `attn.bn`, `attn.fc_select`), and, with
+//! [`SkConfig::keras`], the notebook's `SKUnit` (true k x k kernels, biased Dense layers, no norm
+//! on z, channel-major logits).
+
+use burn::module::Module;
+use burn::tensor::activation::{relu, softmax};
+use burn::tensor::{Device, Tensor};
+
+use super::{BatchNorm2d, Conv2d, ConvGeometry, ConvNormAct};
+use crate::config::{LogitLayout, NormConfig, Padding, SkConfig};
+
+/// Builds a [`SelectiveKernel`].
+#[derive(Debug, Clone)]
+pub struct SelectiveKernelConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels C (the width of every branch).
+    pub out_channels: usize,
+    /// Stride of every branch.
+    pub stride: usize,
+    /// Branches, groups, attention.
+    pub sk: SkConfig,
+    /// BatchNorm settings.
+    pub norm: NormConfig,
+    /// Padding convention.
+    pub padding: Padding,
+}
+
+impl SelectiveKernelConfig {
+    /// A stride-1 unit with PyTorch BN and padding.
+    pub fn new(in_channels: usize, out_channels: usize, sk: SkConfig) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            stride: 1,
+            sk,
+            norm: NormConfig::pytorch(),
+            padding: Padding::Symmetric,
+        }
+    }
+
+    /// Sets the stride.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the BatchNorm settings.
+    pub fn with_norm(mut self, norm: NormConfig) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Sets the padding convention.
+    pub fn with_padding(mut self, padding: Padding) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Creates the unit. Channel counts must be valid for the groups and the split (see
+    /// [`crate::config::NetworkConfig::validate`], which checks whole networks).
+    pub fn init(&self, device: &Device) -> SelectiveKernel {
+        let sk = &self.sk;
+        let m = sk.branches();
+        let c = self.out_channels;
+        let branch_in = if sk.split_input {
+            self.in_channels / m
+        } else {
+            self.in_channels
+        };
+        let groups = sk.groups.min(c);
+        let paths = (0..m)
+            .map(|i| {
+                let (kernel, dilation) = sk.branch_kernel(i);
+                let geometry = ConvGeometry::new(kernel, self.padding)
+                    .with_stride(self.stride)
+                    .with_dilation(dilation)
+                    .with_groups(groups);
+                ConvNormAct::new(
+                    branch_in,
+                    c,
+                    geometry,
+                    sk.conv_bias,
+                    self.norm,
+                    true,
+                    device,
+                )
+            })
+            .collect();
+        let d = sk.attn_width.resolve(c);
+        let one_by_one = ConvGeometry::new(1, Padding::Symmetric);
+        let attn = SelectiveKernelAttn {
+            fc_reduce: Conv2d::new(c, d, one_by_one, sk.attn_bias, device),
+            bn: sk
+                .attn_norm_act
+                .then(|| BatchNorm2d::new(d, self.norm, device)),
+            fc_select: Conv2d::new(d, c * m, one_by_one, sk.attn_bias, device),
+            layout: sk.layout,
+        };
+        SelectiveKernel {
+            paths,
+            attn,
+            split_input: sk.split_input,
+        }
+    }
+}
+
+/// The fuse and select half: from the branch outputs to per-channel branch weights.
+///
+/// The reduce and select layers are stored as 1x1 convolutions (`[out, in, 1, 1]`), as in timm
+/// and the Caffe original, and applied as matrix products on the pooled vector.
+#[derive(Module, Debug)]
+pub struct SelectiveKernelAttn {
+    /// `W_reduce`: C -> d.
+    pub fc_reduce: Conv2d,
+    /// BN on z (followed by ReLU), when configured.
+    pub bn: Option<BatchNorm2d>,
+    /// `W_select`: d -> M * C.
+    pub fc_select: Conv2d,
+    /// Where logit (m, c) sits among the M * C outputs.
+    #[module(skip)]
+    pub layout: LogitLayout,
+}
+
+/// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
+fn pointwise(conv: &Conv2d, x: Tensor<2>) -> Tensor<2> {
+    let [o, i, _, _] = conv.weight.shape().dims::<4>();
+    let y = x.matmul(conv.weight.val().reshape([o, i]).transpose());
+    match &conv.bias {
+        Some(b) => y.add(b.val().unsqueeze_dim(0)),
+        None => y,
+    }
+}
+
+impl SelectiveKernelAttn {
+    /// Branch weights from the fused map.
+    ///
+    /// # Shapes
+    /// - `fused`: `[batch, C, height, width]` (the sum of the branch outputs)
+    /// - output: `[batch, M, C]`, summing to 1 over M
+    pub fn forward(&self, fused: Tensor<4>) -> Tensor<3> {
+        let [b, c, _, _] = fused.dims();
+        let s = fused.mean_dim(3).mean_dim(2).reshape([b, c]);
+        let mut z = pointwise(&self.fc_reduce, s);
+        if let Some(bn) = &self.bn {
+            z = relu(bn.forward(z));
+        }
+        let logits = pointwise(&self.fc_select, z);
+        let m = self.fc_select.out_channels() / c;
+        let logits = match self.layout {
+            LogitLayout::BranchMajor => logits.reshape([b, m, c]),
+            LogitLayout::ChannelMajor => logits.reshape([b, c, m]).swap_dims(1, 2),
+        };
+        softmax(logits, 1)
+    }
+
+    /// (trainable, non-trainable) parameter counts.
+    pub fn params(&self) -> (usize, usize) {
+        let (t, n) = self.bn.as_ref().map_or((0, 0), |bn| bn.params());
+        (self.fc_reduce.params() + self.fc_select.params() + t, n)
+    }
+}
+
+/// The selective kernel convolution: M branches, fused and selected by channel attention.
+///
+/// # Shapes
+/// - input: `[batch, in_channels, height, width]`
+/// - output: `[batch, C, height / stride, width / stride]`
+/// - attention: `[batch, M, C]`
+#[derive(Module, Debug)]
+pub struct SelectiveKernel {
+    /// The M branches (split).
+    pub paths: Vec<ConvNormAct>,
+    /// Fuse and select.
+    pub attn: SelectiveKernelAttn,
+    /// Each branch sees `in_channels / M` channels (timm's split_input).
+    #[module(skip)]
+    pub split_input: bool,
+}
+
+impl SelectiveKernel {
+    /// Output and per-channel branch weights.
+    pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<3>) {
+        let m = self.paths.len();
+        let branches: Vec<Tensor<4>> = if self.split_input {
+            let part = input.dims()[1] / m;
+            self.paths
+                .iter()
+                .enumerate()
+                .map(|(i, p)| p.forward(input.clone().narrow(1, i * part, part)))
+                .collect()
+        } else {
+            self.paths
+                .iter()
+                .map(|p| p.forward(input.clone()))
+                .collect()
+        };
+        let fused = branches
+            .iter()
+            .skip(1)
+            .fold(branches[0].clone(), |acc, u| acc.add(u.clone()));
+        let attention = self.attn.forward(fused);
+        let [b, _, c] = attention.dims();
+        let output = branches
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| {
+                let a = attention.clone().narrow(1, i, 1).reshape([b, c, 1, 1]);
+                u.mul(a)
+            })
+            .reduce(|acc, v| acc.add(v))
+            .expect("at least two branches");
+        (output, attention)
+    }
+
+    /// Output only.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_with_attention(input).0
+    }
+
+    /// Output channels C.
+    pub fn out_channels(&self) -> usize {
+        self.paths[0].conv.out_channels()
+    }
+
+    /// Output `(height, width)`, `None` if the input is too small for a branch.
+    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let first = self.paths[0].conv.out_hw(h, w)?;
+        self.paths
+            .iter()
+            .all(|p| p.conv.out_hw(h, w) == Some(first))
+            .then_some(first)
+    }
+
+    /// Multiply-accumulates for one image.
+    pub fn macs(&self, h: usize, w: usize) -> u64 {
+        let branches: u64 = self.paths.iter().map(|p| p.conv.macs(h, w)).sum();
+        branches + self.attn.fc_reduce.macs(1, 1) + self.attn.fc_select.macs(1, 1)
+    }
+
+    /// (trainable, non-trainable) parameter counts.
+    pub fn params(&self) -> (usize, usize) {
+        self.paths
+            .iter()
+            .map(|p| p.params())
+            .chain(std::iter::once(self.attn.params()))
+            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
+}

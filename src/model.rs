@@ -1,0 +1,392 @@
+//! The whole network: stem, up to four stages of residual blocks, global average pooling and a
+//! linear classifier.
+//!
+//! Parameter paths equal timm's checkpoint keys (`conv1.weight`, `bn1.running_mean`,
+//! `layer1.0.conv2.paths.0.conv.weight`, `layer1.0.downsample.0.weight`, `fc.bias`, ...); the
+//! Keras notebook's model adds `input_bn` (its BN on the raw input).
+
+use burn::module::Module;
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn::tensor::ops::MaxPoolOptions;
+use burn::tensor::{Device, Tensor};
+use thiserror::Error;
+
+use crate::blocks::{Block, BlockSpec};
+use crate::config::{ConfigError, NetworkConfig, Padding, StemConfig};
+use crate::layers::{BatchNorm2d, Conv2d, ConvGeometry, Linear};
+
+/// Most stages a network may have: timm's `layer1` .. `layer4`.
+pub const MAX_STAGES: usize = 4;
+
+/// An input the network cannot take.
+#[derive(Debug, Error, PartialEq)]
+pub enum InputError {
+    /// Wrong rank or channel count.
+    #[error("input has shape {found:?}; expected [batch, {channels}, height, width]")]
+    Shape {
+        /// The shape given.
+        found: Vec<usize>,
+        /// Channels the network takes.
+        channels: usize,
+    },
+    /// The spatial size vanishes somewhere in the network.
+    #[error(
+        "input {height}x{width} is too small for `{arch}`: the feature map vanishes at {layer}; \
+         the smallest square input it takes is {min_side}x{min_side}"
+    )]
+    TooSmall {
+        /// Network name.
+        arch: String,
+        /// Input height.
+        height: usize,
+        /// Input width.
+        width: usize,
+        /// The first layer with no output.
+        layer: String,
+        /// The smallest square side that works.
+        min_side: usize,
+    },
+}
+
+/// Per-channel branch weights of one SK unit.
+#[derive(Debug, Clone)]
+pub struct UnitAttention {
+    /// Module path of the unit, e.g. `layer2.3.conv2`.
+    pub path: String,
+    /// The paper's name, `SK_{stage}_{unit}` with stages numbered 2..5 (sec. 4.3).
+    pub paper_name: String,
+    /// `[batch, M, C]`; sums to 1 over M.
+    pub weights: Tensor<3>,
+}
+
+/// A Selective Kernel Network.
+///
+/// # Shapes
+/// - input: `[batch, in_channels, height, width]`
+/// - output: `[batch, num_classes]` logits (the Keras notebook applies a softmax on top; use
+///   [`SkNet::predict_proba`] for probabilities)
+#[derive(Module, Debug)]
+pub struct SkNet {
+    /// BN on the raw input (Keras notebook only).
+    pub input_bn: Option<BatchNorm2d>,
+    /// Stem convolution.
+    pub conv1: Conv2d,
+    /// Stem BN.
+    pub bn1: BatchNorm2d,
+    /// Stage 1 (stride 4 after an ImageNet stem).
+    pub layer1: Vec<Block>,
+    /// Stage 2.
+    pub layer2: Vec<Block>,
+    /// Stage 3.
+    pub layer3: Vec<Block>,
+    /// Stage 4.
+    pub layer4: Vec<Block>,
+    /// Classifier.
+    pub fc: Linear,
+    /// The config it was built from.
+    #[module(skip)]
+    pub config: NetworkConfig,
+}
+
+impl SkNet {
+    /// Builds a network (freshly initialised) from a validated config.
+    pub fn new(config: &NetworkConfig, device: &Device) -> Result<Self, ConfigError> {
+        config.validate()?;
+        if config.num_stages() > MAX_STAGES {
+            return Err(ConfigError::Invalid {
+                field: "layers".into(),
+                constraint: format!(
+                    "at most {MAX_STAGES} stages are supported, found {}",
+                    config.num_stages()
+                ),
+            });
+        }
+        let norm = config.norm;
+        let (input_bn, stem_conv) = match config.stem {
+            StemConfig::Imagenet { width, .. } => (
+                None,
+                Conv2d::new(
+                    config.in_channels,
+                    width,
+                    ConvGeometry::new(7, Padding::Symmetric).with_stride(2),
+                    false,
+                    device,
+                ),
+            ),
+            StemConfig::Cifar { width } => (
+                None,
+                Conv2d::new(
+                    config.in_channels,
+                    width,
+                    ConvGeometry::new(3, Padding::Symmetric),
+                    false,
+                    device,
+                ),
+            ),
+            StemConfig::KerasSeed { width } => (
+                Some(BatchNorm2d::new(config.in_channels, norm, device)),
+                Conv2d::new(
+                    config.in_channels,
+                    width,
+                    ConvGeometry::new(7, Padding::Same).with_stride(2),
+                    true,
+                    device,
+                ),
+            ),
+        };
+        let mut stages: Vec<Vec<Block>> = Vec::new();
+        let mut in_ch = config.stem.width();
+        for i in 0..config.num_stages() {
+            let mut blocks = Vec::new();
+            for j in 0..config.layers[i] {
+                let spec = BlockSpec {
+                    kind: config.block,
+                    in_channels: in_ch,
+                    sk_width: config.sk_width(i),
+                    out_channels: config.stage_channels(i),
+                    stride: if j == 0 { config.strides[i] } else { 1 },
+                    sk: config.sk.clone(),
+                    norm,
+                    padding: config.padding,
+                    conv_bias: config.conv_bias,
+                };
+                blocks.push(spec.init(device));
+                in_ch = config.stage_channels(i);
+            }
+            stages.push(blocks);
+        }
+        stages.resize_with(MAX_STAGES, Vec::new);
+        let mut stages = stages.into_iter();
+        let mut next = || stages.next().unwrap_or_default();
+        Ok(Self {
+            input_bn,
+            conv1: stem_conv,
+            bn1: BatchNorm2d::new(config.stem.width(), norm, device),
+            layer1: next(),
+            layer2: next(),
+            layer3: next(),
+            layer4: next(),
+            fc: Linear::new(in_ch, config.num_classes, true, device),
+            config: config.clone(),
+        })
+    }
+
+    /// The non-empty stages, in order.
+    pub fn stages(&self) -> Vec<&Vec<Block>> {
+        [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect()
+    }
+
+    fn pool_options(&self) -> Option<(MaxPoolOptions<2>, ConvGeometry)> {
+        let base = MaxPoolOptions::new([3, 3]).with_stride([2, 2]);
+        match self.config.stem {
+            StemConfig::Cifar { .. } => None,
+            StemConfig::Imagenet {
+                caffe_pool: false, ..
+            } => Some((
+                base.with_padding([1, 1]),
+                ConvGeometry::new(3, Padding::Symmetric).with_stride(2),
+            )),
+            StemConfig::Imagenet {
+                caffe_pool: true, ..
+            } => Some((
+                base.with_ceil_mode(true),
+                // Stand-in geometry for size arithmetic; see `pool_out_len`.
+                ConvGeometry::new(3, Padding::Symmetric).with_stride(2),
+            )),
+            StemConfig::KerasSeed { .. } => {
+                Some((base, ConvGeometry::new(3, Padding::Same).with_stride(2)))
+            }
+        }
+    }
+
+    fn pool_out_len(&self, len: usize) -> Option<usize> {
+        match self.config.stem {
+            StemConfig::Cifar { .. } => Some(len),
+            // No padding, ceil mode: the last window may hang over the end.
+            StemConfig::Imagenet {
+                caffe_pool: true, ..
+            } => (len >= 3).then(|| (len - 3).div_ceil(2) + 1),
+            _ => self.pool_options()?.1.out_len(len),
+        }
+    }
+
+    fn max_pool(&self, x: Tensor<4>) -> Tensor<4> {
+        let Some((options, geometry)) = self.pool_options() else {
+            return x;
+        };
+        let [_, _, h, w] = x.dims();
+        let options = match self.config.stem {
+            StemConfig::KerasSeed { .. } => {
+                options.with_padding_pairs([geometry.pads(h), geometry.pads(w)])
+            }
+            _ => options,
+        };
+        max_pool2d(x, options)
+    }
+
+    /// The stem before its max-pool (stride 2 for ImageNet stems).
+    fn stem(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = match &self.input_bn {
+            Some(bn) => bn.forward(x),
+            None => x,
+        };
+        relu(self.bn1.forward(self.conv1.forward(x)))
+    }
+
+    fn run_stages(
+        &self,
+        x: Tensor<4>,
+        mut attention: Option<&mut Vec<Tensor<3>>>,
+        mut features: Option<&mut Vec<Tensor<4>>>,
+    ) -> Tensor<4> {
+        let mut x = x;
+        for stage in self.stages() {
+            for block in stage {
+                x = block.forward(x, attention.as_deref_mut());
+            }
+            if let Some(f) = features.as_deref_mut() {
+                f.push(x.clone());
+            }
+        }
+        x
+    }
+
+    fn head(&self, x: Tensor<4>) -> Tensor<2> {
+        let [b, c, _, _] = x.dims();
+        self.fc.forward(x.mean_dim(3).mean_dim(2).reshape([b, c]))
+    }
+
+    /// Logits.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
+        let x = self.max_pool(self.stem(input));
+        self.head(self.run_stages(x, None, None))
+    }
+
+    /// Class probabilities (softmax of the logits).
+    pub fn predict_proba(&self, input: Tensor<4>) -> Tensor<2> {
+        burn::tensor::activation::softmax(self.forward(input), 1)
+    }
+
+    /// Logits and the attention of every SK unit, in network order.
+    pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<2>, Vec<UnitAttention>) {
+        let mut weights = Vec::new();
+        let x = self.max_pool(self.stem(input));
+        let logits = self.head(self.run_stages(x, Some(&mut weights), None));
+        let attention = self
+            .unit_names()
+            .into_iter()
+            .zip(weights)
+            .map(|((path, paper_name), weights)| UnitAttention {
+                path,
+                paper_name,
+                weights,
+            })
+            .collect();
+        (logits, attention)
+    }
+
+    /// Backbone features: the stem output (before the max-pool) and each stage's output. For
+    /// ImageNet-style stems with four stages these have strides 2, 4, 8, 16 and 32.
+    pub fn features(&self, input: Tensor<4>) -> Vec<Tensor<4>> {
+        let stem = self.stem(input);
+        let mut out = vec![stem.clone()];
+        self.run_stages(self.max_pool(stem), None, Some(&mut out));
+        out
+    }
+
+    /// `(module path, paper name)` of every SK unit.
+    pub fn unit_names(&self) -> Vec<(String, String)> {
+        self.stages()
+            .iter()
+            .enumerate()
+            .flat_map(|(i, stage)| {
+                stage.iter().enumerate().map(move |(j, b)| {
+                    (
+                        format!("layer{}.{j}.{}", i + 1, b.selective_kernel_name()),
+                        format!("SK_{}_{}", i + 2, j + 1),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Checks an input shape before running: channels, and a size every layer can take.
+    pub fn check_input(&self, dims: &[usize]) -> Result<(), InputError> {
+        if dims.len() != 4 || dims[1] != self.config.in_channels || dims[0] == 0 {
+            return Err(InputError::Shape {
+                found: dims.to_vec(),
+                channels: self.config.in_channels,
+            });
+        }
+        self.trace_shapes(dims[2], dims[3]).map(|_| ())
+    }
+
+    /// Spatial size after the stem (before pooling), after pooling and after every block.
+    pub(crate) fn trace_shapes(&self, h: usize, w: usize) -> Result<ShapeTrace, InputError> {
+        let too_small = |layer: &str| InputError::TooSmall {
+            arch: self.config.name.clone(),
+            height: h,
+            width: w,
+            layer: layer.to_string(),
+            min_side: self.min_input_side(),
+        };
+        let stem = self.conv1.out_hw(h, w).ok_or_else(|| too_small("conv1"))?;
+        let pooled = match (self.pool_out_len(stem.0), self.pool_out_len(stem.1)) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Err(too_small("maxpool")),
+        };
+        let mut blocks = Vec::new();
+        let mut cur = pooled;
+        for (i, stage) in self.stages().iter().enumerate() {
+            for (j, block) in stage.iter().enumerate() {
+                cur = block
+                    .out_hw(cur.0, cur.1)
+                    .ok_or_else(|| too_small(&format!("layer{}.{j}", i + 1)))?;
+                blocks.push(cur);
+            }
+        }
+        Ok(ShapeTrace {
+            stem,
+            pooled,
+            blocks,
+        })
+    }
+
+    /// The smallest square input side the network takes.
+    pub fn min_input_side(&self) -> usize {
+        // Every layer here maps a size >= 1 to a size >= 1 except where a window does not fit,
+        // so the answer is small: search upwards.
+        (1..=4096).find(|&s| self.shape_ok(s)).unwrap_or(usize::MAX)
+    }
+
+    fn shape_ok(&self, s: usize) -> bool {
+        let Some(stem) = self.conv1.out_hw(s, s) else {
+            return false;
+        };
+        let Some(p) = self.pool_out_len(stem.0) else {
+            return false;
+        };
+        let mut cur = (p, p);
+        for stage in self.stages() {
+            for block in stage {
+                match block.out_hw(cur.0, cur.1) {
+                    Some(next) => cur = next,
+                    None => return false,
+                }
+            }
+        }
+        true
+    }
+}
+
+/// Spatial sizes through the network, for summaries.
+#[derive(Debug, Clone)]
+pub(crate) struct ShapeTrace {
+    pub stem: (usize, usize),
+    pub pooled: (usize, usize),
+    pub blocks: Vec<(usize, usize)>,
+}

@@ -1,0 +1,166 @@
+//! Walks a module's tensors by path (`layer1.0.conv2.paths.0.conv.weight`), the names that
+//! checkpoints use.
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+
+/// What a tensor is, which decides how it may be initialised or converted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorRole {
+    /// Convolution or linear weight.
+    Weight,
+    /// Convolution or linear bias.
+    Bias,
+    /// BatchNorm scale.
+    NormWeight,
+    /// BatchNorm shift.
+    NormBias,
+    /// BatchNorm running mean (non-trainable).
+    RunningMean,
+    /// BatchNorm running variance (non-trainable).
+    RunningVar,
+}
+
+impl TensorRole {
+    fn classify(owner: &str, leaf: &str) -> TensorRole {
+        let norm = owner.ends_with("BatchNorm2d");
+        match (norm, leaf) {
+            (true, "weight") => TensorRole::NormWeight,
+            (true, "bias") => TensorRole::NormBias,
+            (true, "running_mean") => TensorRole::RunningMean,
+            (true, "running_var") => TensorRole::RunningVar,
+            (_, "bias") => TensorRole::Bias,
+            _ => TensorRole::Weight,
+        }
+    }
+
+    /// Whether an optimiser trains it.
+    pub fn trainable(&self) -> bool {
+        !matches!(self, TensorRole::RunningMean | TensorRole::RunningVar)
+    }
+}
+
+/// One named tensor of a module.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// Checkpoint key.
+    pub path: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Role.
+    pub role: TensorRole,
+}
+
+/// Tracks the dotted path while burn walks the module tree. Enum variants (such as
+/// [`crate::blocks::Block`]'s) are transparent: they do not appear in paths.
+#[derive(Default)]
+struct PathTracker {
+    segments: Vec<String>,
+    pushed: Vec<bool>,
+    owners: Vec<String>,
+}
+
+impl PathTracker {
+    fn enter(&mut self, name: &str, container_type: &str) {
+        let keep = !container_type.starts_with("Enum:");
+        if keep {
+            self.segments.push(name.to_string());
+        }
+        self.pushed.push(keep);
+        self.owners.push(container_type.to_string());
+    }
+
+    fn exit(&mut self) {
+        if self.pushed.pop() == Some(true) {
+            self.segments.pop();
+        }
+        self.owners.pop();
+    }
+
+    fn current(&self) -> (String, TensorRole) {
+        let leaf = self.segments.last().map(String::as_str).unwrap_or("");
+        let owner = self.owners.last().map(String::as_str).unwrap_or("");
+        (self.segments.join("."), TensorRole::classify(owner, leaf))
+    }
+}
+
+struct Lister {
+    tracker: PathTracker,
+    out: Vec<NamedTensor>,
+}
+
+impl ModuleVisitor for Lister {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (path, role) = self.tracker.current();
+        self.out.push(NamedTensor {
+            path,
+            shape: param.shape().dims::<D>().to_vec(),
+            role,
+        });
+    }
+}
+
+/// Every float tensor of `module` (parameters and BN running statistics), in visiting order.
+pub fn named_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
+    let mut lister = Lister {
+        tracker: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut lister);
+    lister.out
+}
+
+/// Produces new values for a tensor: `Some(values)` replaces it (row-major, the tensor's shape),
+/// `None` keeps it.
+pub trait TensorSource {
+    /// New values for `tensor`, if any.
+    fn values(&mut self, tensor: &NamedTensor) -> Option<Vec<f32>>;
+}
+
+struct Replacer<'a, S: TensorSource> {
+    tracker: PathTracker,
+    source: &'a mut S,
+}
+
+impl<S: TensorSource> ModuleMapper for Replacer<'_, S> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (path, role) = self.tracker.current();
+        let shape = param.shape().dims::<D>().to_vec();
+        let named = NamedTensor { path, shape, role };
+        match self.source.values(&named) {
+            Some(values) => param.map(|old| {
+                let device = old.device();
+                let grad = old.is_require_grad();
+                let new =
+                    Tensor::<D>::from_data(TensorData::new(values, named.shape.clone()), &device);
+                if grad {
+                    new.require_grad()
+                } else {
+                    new
+                }
+            }),
+            None => param,
+        }
+    }
+}
+
+/// Replaces tensors of `module` with values from `source`.
+pub fn replace_tensors<M: Module, S: TensorSource>(module: M, source: &mut S) -> M {
+    let mut replacer = Replacer {
+        tracker: PathTracker::default(),
+        source,
+    };
+    module.map(&mut replacer)
+}
