@@ -98,6 +98,10 @@ impl BatchNorm2d {
             .add(variance.mul_scalar(m));
         self.running_mean.update(mean.detach());
         self.running_var.update(var.detach());
+        // burn keeps per-thread updates until a sync; fold ours in now so that the module's
+        // value (what checkpoints and evaluation read) is current.
+        self.running_mean.value_sync();
+        self.running_var.value_sync();
         result.output
     }
 

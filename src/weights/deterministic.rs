@@ -4,7 +4,8 @@
 //! Element `i` of the tensor with key `k` gets `f = 2 u - 1` with
 //! `u = (fmix64((fnv1a32(k) << 32) ^ i) >> 40) / 2^24`, scaled by the tensor's role:
 //! weights `f * sqrt(6 / fan_in)` (He-uniform), biases and BN shifts and means `0.1 f`,
-//! BN scales `1 + 0.25 f`, BN variances `1 + 0.5 f`. Products are computed in f64 and rounded
+//! BN scales `0.5 + 0.25 f` (so that
+//! residual streams stay O(1) through deep networks and attention logits do not saturate), BN variances `1 + 0.5 f`. Products are computed in f64 and rounded
 //! once to f32 on both sides.
 
 use super::paths::{replace_tensors, NamedTensor, TensorRole, TensorSource};
@@ -49,7 +50,7 @@ pub fn tensor_values(t: &NamedTensor) -> Vec<f32> {
             ((6.0 / fan_in.max(1) as f64).sqrt(), 0.0)
         }
         TensorRole::Bias | TensorRole::NormBias | TensorRole::RunningMean => (0.1, 0.0),
-        TensorRole::NormWeight => (0.25, 1.0),
+        TensorRole::NormWeight => (0.25, 0.5),
         TensorRole::RunningVar => (0.5, 1.0),
     };
     values(&t.path, n, scale, offset)

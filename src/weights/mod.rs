@@ -5,4 +5,6 @@ pub mod deterministic;
 pub mod paths;
 
 pub use deterministic::deterministic_init;
-pub use paths::{named_tensors, replace_tensors, NamedTensor, TensorRole, TensorSource};
+pub use paths::{
+    flat_tensors, named_tensors, replace_tensors, FlatTensor, NamedTensor, TensorRole, TensorSource,
+};

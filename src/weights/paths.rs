@@ -2,7 +2,7 @@
 //! checkpoints use.
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Gradients, Tensor, TensorData};
 
 /// What a tensor is, which decides how it may be initialised or converted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,4 +163,55 @@ pub fn replace_tensors<M: Module, S: TensorSource>(module: M, source: &mut S) ->
         source,
     };
     module.map(&mut replacer)
+}
+
+/// A named tensor's current value and, when gradients are given, its gradient, both flattened.
+pub struct FlatTensor {
+    /// Key, shape and role.
+    pub named: NamedTensor,
+    /// Row-major values.
+    pub value: Tensor<1>,
+    /// Row-major gradient, when `grads` held one.
+    pub grad: Option<Tensor<1>>,
+}
+
+struct Collector<'a> {
+    tracker: PathTracker,
+    grads: Option<&'a Gradients>,
+    out: Vec<FlatTensor>,
+}
+
+impl ModuleVisitor for Collector<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (path, role) = self.tracker.current();
+        let value = param.val();
+        let shape = value.dims().to_vec();
+        let n = shape.iter().product::<usize>();
+        let grad = self
+            .grads
+            .and_then(|g| value.grad(g))
+            .map(|g| g.reshape([n]));
+        self.out.push(FlatTensor {
+            named: NamedTensor { path, shape, role },
+            value: value.reshape([n]),
+            grad,
+        });
+    }
+}
+
+/// Every float tensor of `module` with its value and, given `grads`, its gradient.
+pub fn flat_tensors<M: Module>(module: &M, grads: Option<&Gradients>) -> Vec<FlatTensor> {
+    let mut collector = Collector {
+        tracker: PathTracker::default(),
+        grads,
+        out: Vec::new(),
+    };
+    module.visit(&mut collector);
+    collector.out
 }

@@ -1,0 +1,101 @@
+//! Helpers shared by the parity tests: fixtures, deterministic inputs, error measures.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use serde_json::Value;
+use sknet::weights::deterministic::values;
+use sknet::{NetworkConfig, SkNet};
+
+/// Parity tolerance: max |diff| / max |reference|.
+pub const TOLERANCE: f64 = 1e-4;
+
+pub fn fixture(name: &str) -> Value {
+    let path: PathBuf = [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", name]
+        .iter()
+        .collect();
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run the generators in tools/)", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
+pub fn usizes(v: &Value) -> Vec<usize> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("integer") as usize)
+        .collect()
+}
+
+/// The deterministic input of tools/detinit.py.
+pub fn input(shape: &[usize], device: &Device) -> Tensor<4> {
+    let n = shape.iter().product();
+    Tensor::from_data(
+        TensorData::new(values("input", n, 1.0, 0.0), shape.to_vec()),
+        device,
+    )
+}
+
+/// The fixture's network with the deterministic weights.
+pub fn model(fx: &Value, device: &Device) -> SkNet {
+    let config: NetworkConfig =
+        serde_json::from_value(fx["config"].clone()).expect("fixture config parses");
+    let model = SkNet::new(&config, device).expect("fixture config builds");
+    sknet::weights::deterministic_init(model)
+}
+
+pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32 data")
+}
+
+/// max |a - b| / max |b|.
+pub fn rel_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    let scale = want
+        .iter()
+        .fold(0f64, |m, v| m.max(v.abs() as f64))
+        .max(1e-12);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    diff / scale
+}
+
+/// Our tensor keys and shapes equal the reference's state_dict (BN counters aside).
+pub fn assert_same_tensors(model: &SkNet, fx: &Value) {
+    let ours: Vec<(String, Vec<usize>)> = sknet::weights::named_tensors(model)
+        .into_iter()
+        .map(|t| (t.path, t.shape))
+        .collect();
+    let theirs: Vec<(String, Vec<usize>)> = fx["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|e| (e[0].as_str().expect("key").to_string(), usizes(&e[1])))
+        .collect();
+    let mut a = ours.clone();
+    let mut b = theirs.clone();
+    a.sort();
+    b.sort();
+    let missing: Vec<_> = b.iter().filter(|t| !a.contains(t)).take(5).collect();
+    let extra: Vec<_> = a.iter().filter(|t| !b.contains(t)).take(5).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{}: keys differ; reference-only {missing:?}, sknet-only {extra:?}",
+        fx["name"]
+    );
+}
