@@ -53,6 +53,18 @@ fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> ConfigErr
     }
 }
 
+/// Parses JSON; errors name the field path (`sk.groups: invalid type ...`).
+fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| format!("`{}`: {}", e.path(), e.inner()))
+}
+
+/// Parses TOML; errors name the field path.
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| format!("`{}`: {}", e.path(), e.inner()))
+}
+
 /// How convolutions pad their input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -473,14 +485,12 @@ impl NetworkConfig {
             .unwrap_or("")
             .to_ascii_lowercase();
         let parsed: Result<Self, String> = match ext.as_str() {
-            "toml" => toml::from_str(&text).map_err(|e| e.to_string()),
-            "json" => serde_json::from_str(&text).map_err(|e| e.to_string()),
-            _ => serde_json::from_str(&text)
-                .map_err(|e| e.to_string())
-                .or_else(|json_err| {
-                    toml::from_str(&text)
-                        .map_err(|toml_err| format!("not JSON ({json_err}) nor TOML ({toml_err})"))
-                }),
+            "toml" => parse_toml(&text),
+            "json" => parse_json(&text),
+            _ => parse_json(&text).or_else(|json_err| {
+                parse_toml(&text)
+                    .map_err(|toml_err| format!("not JSON ({json_err}) nor TOML ({toml_err})"))
+            }),
         };
         let config = parsed.map_err(|message| ConfigError::Parse {
             path: shown,

@@ -188,6 +188,17 @@ pub fn summarize(model: &SkNet, height: usize, width: usize) -> Result<Summary, 
             rows.push(&name, block_type(block, keras), channels, Some(hw), p);
         }
     }
+    if keras {
+        // Keras numbers layers by class across the whole model, nested ones included: each SK unit
+        // made one GlobalAveragePooling2D and 1 + M Dense layers before the head's.
+        let units = model.stages().iter().map(|s| s.len()).sum::<usize>();
+        let m = config.sk.branches();
+        *rows
+            .counts
+            .entry("global_average_pooling2d".into())
+            .or_insert(0) += units;
+        *rows.counts.entry("dense".into()).or_insert(0) += units * (1 + m);
+    }
     let (name, kind) = if keras {
         ("global_average_pooling2d", "GlobalAveragePooling2D")
     } else {

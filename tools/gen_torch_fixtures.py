@@ -130,6 +130,20 @@ def main():
     eval_case("tiny_cifar_paper", PaperSKNet(c), c, [2, 3, 32, 32], ["layer1.0.conv2", "layer2.0.conv2"],
               f"tools/paper_sknet.py, CIFAR stem, no norm on z, biased attention, channel-major ({v})")
 
+    # Trainable parameter counts of every PyTorch-family preset.
+    counts = {}
+    for name in ["sknet26", "sknet50", "sknet101", "skresnet18", "skresnet34", "skresnext50_32x4d", "sknet29",
+                 "sknet-tiny"]:
+        n = sum(p.numel() for p in PaperSKNet(preset(name)).parameters())
+        if name.startswith("skres"):
+            n_timm = sum(p.numel() for p in timm.create_model(name).parameters())
+            assert n == n_timm, (name, n, n_timm)
+        counts[name] = n
+    write_fixture(os.path.join(OUT, "param_counts.json"), {
+        "source": f"trainable parameters of tools/paper_sknet.py, equal to timm's for the timm models ({v})",
+        "trainable_params": counts})
+    print(counts)
+
     # One training step, against timm.
     c = preset("skresnet18")
     c.update(name="tiny-train", num_classes=4, layers=[1, 1, 1, 1], planes=[16, 32, 48, 64],

@@ -75,11 +75,21 @@ mod tests {
 
     #[test]
     fn hashes_match_the_python_generator() {
-        // Reference values printed by tools/sknet_ref.py's `unit`.
+        // Values printed by tools/detinit.py (`fnv1a32`, `units`).
         assert_eq!(fnv1a32(""), 0x811c9dc5);
-        assert_eq!(fnv1a32("conv1.weight"), fnv1a32("conv1.weight"));
-        assert_ne!(fnv1a32("conv1.weight"), fnv1a32("conv1.bias"));
-        let u = unit("input", 0);
-        assert!((-1.0..1.0).contains(&u));
+        assert_eq!(fnv1a32("conv1.weight"), 0xbdcec494);
+        let want = [
+            0.0976405143737793,
+            0.5738365650177002,
+            0.32658255100250244,
+            0.16312897205352783,
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(unit("input", i as u64), *w);
+        }
+        assert_eq!(
+            unit("layer1.0.conv2.attn.fc_select.weight", 1),
+            -0.3577007055282593
+        );
     }
 }

@@ -57,7 +57,7 @@ pub fn model(fx: &Value, device: &Device) -> SkNet {
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("f32 data")
 }
 

@@ -1,0 +1,151 @@
+//! The `sknet` binary: outputs and errors as a user sees them.
+
+use std::process::Command;
+
+fn sknet(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sknet"))
+        .args(args)
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn archs_lists_every_preset_with_counts() {
+    let (code, out, _) = sknet(&["archs", "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "keras-seed",
+        "sknet26",
+        "sknet50",
+        "sknet101",
+        "skresnet18",
+        "skresnet34",
+        "skresnext50_32x4d",
+        "sknet29",
+        "sknet-tiny",
+    ] {
+        assert!(names.contains(&want), "{want} missing");
+    }
+    let r18 = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "skresnet18")
+        .unwrap();
+    assert_eq!(r18["params"], 11_958_056);
+    assert_eq!(r18["reference"]["top1"], 73.02);
+    let (code, table, _) = sknet(&["archs"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("27,479,784"), "{table}");
+}
+
+#[test]
+fn summary_json_has_the_documented_fields() {
+    let (code, out, err) = sknet(&["summary", "--arch", "keras-seed", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total_params"], 30_164_436);
+    assert_eq!(v["trainable_params"], 30_065_998);
+    assert_eq!(v["non_trainable_params"], 98_438);
+    assert!(v["macs"].as_u64().unwrap() > 4_000_000_000);
+    let first = &v["layers"][6];
+    assert_eq!(first["name"], "sk_conv");
+    assert_eq!(first["type"], "SKConv");
+    assert_eq!(first["params"], 92_320);
+    assert_eq!(
+        first["output_shape"],
+        serde_json::json!([null, 56, 56, 256])
+    );
+}
+
+#[test]
+fn summary_table_with_size_and_classes() {
+    let (code, out, err) = sknet(&[
+        "summary",
+        "--arch",
+        "skresnet18",
+        "--input",
+        "128x96",
+        "--classes",
+        "10",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("layer4.1 (SelectiveKernelBasic)"), "{out}");
+    assert!(out.contains("(None, 512, 4, 3)"), "{out}");
+    assert!(out.contains("fc (Linear)"), "{out}");
+    assert!(out.contains("Trainable params: 11,450,186"), "{out}");
+}
+
+#[test]
+fn config_files_round_trip_through_the_cli() {
+    let dir = std::env::temp_dir().join(format!("sknet-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (flag, file) in [(None, "c.json"), (Some("--toml"), "c.toml")] {
+        let mut args = vec!["config", "--arch", "sknet-tiny"];
+        args.extend(flag);
+        let (code, text, _) = sknet(&args);
+        assert_eq!(code, 0);
+        let path = dir.join(file);
+        std::fs::write(&path, text).unwrap();
+        let (code, out, err) = sknet(&["summary", "--config", path.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["trainable_params"], 729_994);
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors_not_panics() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["summary", "--arch", "sknet51"],
+            &["unknown architecture `sknet51`", "sknet50"],
+        ),
+        (
+            &["summary", "--arch", "sknet50", "--input", "4"],
+            &["too small", "maxpool", "5x5"],
+        ),
+        (&["summary", "--input", "12x"], &["--input 12x", "224x160"]),
+        (&["summary", "--classes", "0"], &["num_classes"]),
+        (
+            &["summary", "--config", "/nonexistent/x.json"],
+            &["/nonexistent/x.json"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (code, _, err) = sknet(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        for n in *needles {
+            assert!(err.contains(n), "{args:?}: `{n}` not in {err}");
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("sknet-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_, text, _) = sknet(&["config", "--arch", "skresnext50_32x4d"]);
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["sk"]["groups"] = 3.into();
+    let path = dir.join("groups.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (code, _, err) = sknet(&["summary", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("sk.groups") && err.contains("divide"), "{err}");
+    v["sk"]["groups"] = 32.into();
+    v["sk"]["kernel_sizes"] = serde_json::json!([3]);
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (code, _, err) = sknet(&["summary", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("M >= 2"), "{err}");
+}

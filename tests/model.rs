@@ -1,0 +1,120 @@
+//! Model behaviour beyond parity: features, attention, odd inputs, training-mode corner cases.
+
+mod common;
+
+use burn::tensor::{Device, Tensor};
+use common::{input, to_vec};
+use sknet::model::InputError;
+use sknet::{presets, SkNet};
+
+fn tiny(name: &str, device: &Device) -> SkNet {
+    let mut config = presets::by_name(name).unwrap();
+    // Same structure, fewer units, so the test stays quick.
+    config.layers = config.layers.iter().map(|_| 1).collect();
+    sknet::weights::deterministic_init(SkNet::new(&config, device).unwrap())
+}
+
+#[test]
+fn features_have_strides_2_to_32() {
+    let device = Device::flex();
+    let model = tiny("skresnet18", &device);
+    let feats = model.features(input(&[1, 3, 64, 96], &device));
+    let shapes: Vec<[usize; 4]> = feats.iter().map(|f| f.dims()).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            [1, 64, 32, 48],
+            [1, 64, 16, 24],
+            [1, 128, 8, 12],
+            [1, 256, 4, 6],
+            [1, 512, 2, 3]
+        ]
+    );
+}
+
+#[test]
+fn attention_sums_to_one_over_branches_for_every_unit() {
+    let device = Device::flex();
+    let model = tiny("sknet50", &device);
+    let (logits, attention) = model.forward_with_attention(input(&[2, 3, 64, 64], &device));
+    assert_eq!(logits.dims(), [2, 1000]);
+    let names: Vec<&str> = attention.iter().map(|a| a.paper_name.as_str()).collect();
+    assert_eq!(names, ["SK_2_1", "SK_3_1", "SK_4_1", "SK_5_1"]);
+    assert_eq!(attention[1].path, "layer2.0.conv2");
+    for a in &attention {
+        let [b, m, c] = a.weights.dims();
+        assert_eq!((b, m), (2, 2));
+        let sums = to_vec(a.weights.clone().sum_dim(1));
+        assert_eq!(sums.len(), b * c);
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{}", a.path);
+    }
+}
+
+#[test]
+fn keras_seed_takes_odd_sizes_like_keras_same_padding() {
+    let device = Device::flex();
+    let model = tiny("keras-seed", &device);
+    // 'same' padding: every stride-2 layer maps n to ceil(n / 2).
+    let feats = model.features(input(&[1, 3, 45, 33], &device));
+    assert_eq!(feats[0].dims(), [1, 64, 23, 17]);
+    assert_eq!(feats[1].dims(), [1, 256, 12, 9]);
+    assert_eq!(feats[4].dims(), [1, 2048, 2, 2]);
+}
+
+#[test]
+fn too_small_input_is_an_error_naming_the_layer() {
+    let device = Device::flex();
+    let model = tiny("sknet50", &device);
+    let err = model.check_input(&[1, 3, 4, 4]).unwrap_err();
+    match &err {
+        InputError::TooSmall {
+            layer, min_side, ..
+        } => {
+            assert_eq!(layer, "maxpool");
+            assert_eq!(*min_side, 5);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(model.check_input(&[1, 3, 5, 5]).is_ok());
+    assert!(matches!(
+        model.check_input(&[1, 1, 64, 64]),
+        Err(InputError::Shape { channels: 3, .. })
+    ));
+}
+
+#[test]
+fn batch_of_one_trains_without_nan() {
+    // With batch 1 the BN on z sees one value per channel; PyTorch refuses, sknet must not fail.
+    let device = Device::flex().autodiff();
+    let model = tiny("skresnet18", &device);
+    let logits = model.forward(input(&[1, 3, 32, 32], &device));
+    let loss = logits.powf_scalar(2.0).mean();
+    let grads = loss.backward();
+    let tensors = sknet::weights::flat_tensors(&model, Some(&grads));
+    let grad = tensors
+        .iter()
+        .find(|t| t.named.path == "layer1.0.conv1.attn.fc_reduce.weight")
+        .and_then(|t| t.grad.clone())
+        .expect("gradient");
+    assert!(to_vec(grad).iter().all(|v| v.is_finite()));
+    for t in &tensors {
+        assert!(
+            to_vec(t.value.clone()).iter().all(|v| v.is_finite()),
+            "{} not finite",
+            t.named.path
+        );
+    }
+}
+
+#[test]
+fn eval_mode_uses_running_statistics() {
+    // A batch and its first image alone give the same first row in inference mode.
+    let device = Device::flex();
+    let model = tiny("skresnet18", &device);
+    let x = input(&[3, 3, 32, 32], &device);
+    let all = to_vec(model.forward(x.clone()));
+    let first = to_vec(model.forward(x.narrow(0, 0, 1)));
+    let err = common::rel_err(&first, &all[..first.len()]);
+    assert!(err < 1e-5, "{err}");
+    let _: Tensor<2> = model.predict_proba(input(&[1, 3, 32, 32], &device));
+}
