@@ -66,7 +66,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct ModelArgs {
     /// Preset name (see `sknet archs`).
-    #[arg(long, default_value = "sknet50")]
+    #[arg(long, default_value = "keras-seed")]
     pub arch: String,
     /// A JSON or TOML config file; overrides --arch.
     #[arg(long)]
