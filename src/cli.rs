@@ -8,9 +8,12 @@ use thiserror::Error;
 
 use crate::config::{ConfigError, NetworkConfig};
 use crate::device::default_device;
+use crate::infer::{self, InferError, Preprocess};
 use crate::model::{InputError, SkNet};
 use crate::presets;
 use crate::summary::{summarize, thousands};
+use crate::weights::checkpoint::{write_safetensors, Checkpoint, WeightsError};
+use crate::weights::{hub, load};
 
 /// Anything a command can fail with.
 #[derive(Debug, Error)]
@@ -21,6 +24,12 @@ pub enum CliError {
     /// Bad input size.
     #[error(transparent)]
     Input(#[from] InputError),
+    /// Bad weights file.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// Bad image.
+    #[error(transparent)]
+    Infer(#[from] InferError),
     /// Bad argument.
     #[error("invalid argument `{arg}`: {message}")]
     Argument {
@@ -51,6 +60,10 @@ pub enum Command {
     },
     /// Print a Keras-style summary of a network.
     Summary(ModelArgs),
+    /// Classify images with trained weights (timm's evaluation transform, top-k labels).
+    Predict(PredictArgs),
+    /// Write weights as a timm-compatible safetensors file (loads with strict=True in timm).
+    Export(ExportArgs),
     /// Print the config of a preset (JSON, or TOML with --toml), to edit and pass to --config.
     Config {
         /// Preset name.
@@ -80,6 +93,155 @@ pub struct ModelArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Which weights, for which network.
+#[derive(Debug, clap::Args)]
+pub struct WeightsArgs {
+    /// Weights: a .safetensors, .pth, .bin or .pt file, or hf:OWNER/NAME (Hugging Face hub,
+    /// e.g. hf:timm/skresnet18.ra_in1k; cached, works offline once cached).
+    #[arg(long)]
+    pub weights: String,
+    /// Preset the weights are for (default: the config stored in the file, else the preset
+    /// whose keys and shapes the file matches).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// A JSON or TOML config for the weights; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Load what matches and keep the rest freshly initialised (e.g. a new classifier).
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+/// `sknet predict` arguments.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Image files (jpg, png, webp, gif, bmp, tiff).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// The weights.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Crop size `S` or `HxW` (default: the network's input size).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// safetensors with timm's key names.
+    Safetensors,
+}
+
+/// `sknet export` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// The weights.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "safetensors")]
+    pub format: ExportFormat,
+    /// Output file.
+    #[arg(long, short)]
+    pub output: PathBuf,
+}
+
+/// A network with weights loaded, and the class names its checkpoint carries.
+pub struct Loaded {
+    /// The network.
+    pub model: SkNet,
+    /// Class names from the checkpoint's metadata.
+    pub classes: Option<Vec<String>>,
+    /// What matched.
+    pub report: load::LoadReport,
+}
+
+/// Resolves, reads and loads weights.
+pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result<Loaded, CliError> {
+    let path = hub::local_path(&args.weights)?;
+    let ckpt = Checkpoint::read(&path)?;
+    let explicit = args
+        .config
+        .as_deref()
+        .map(NetworkConfig::from_file)
+        .transpose()?;
+    let config = load::resolve_config(&ckpt, args.arch.as_deref(), explicit)?;
+    let classes = load::checkpoint_class_names(&ckpt)?;
+    let model = SkNet::new(&config, device)?;
+    let (model, report) = load::load_into(model, ckpt, args.allow_partial)?;
+    if !report.is_exact() {
+        eprintln!(
+            "warning: --allow-partial: some tensors were not loaded\n{}",
+            report.describe()
+        );
+    }
+    Ok(Loaded {
+        model,
+        classes,
+        report,
+    })
+}
+
+fn predict(args: PredictArgs) -> Result<String, CliError> {
+    let device = default_device();
+    let loaded = load_weights(&args.weights, &device)?;
+    let model = loaded.model;
+    let size = match &args.input {
+        Some(text) => parse_input_size(text)?,
+        None => model.config.default_input,
+    };
+    model.check_input(&[1, model.config.in_channels, size[0], size[1]])?;
+    let classes = infer::class_names(loaded.classes, model.config.num_classes)?;
+    let pre = Preprocess::imagenet(size);
+    let predictions = infer::predict(&model, &pre, &args.images, &classes, args.topk, &device)?;
+    if args.json {
+        return Ok(
+            serde_json::to_string_pretty(&predictions).expect("predictions serialize") + "\n",
+        );
+    }
+    let mut out = String::new();
+    for p in predictions {
+        out.push_str(&format!("{}\n", p.path));
+        for s in p.top {
+            out.push_str(&format!(
+                "  {:>6.2}%  {:>4}  {}\n",
+                s.probability * 100.0,
+                s.index,
+                s.label
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn export(args: ExportArgs) -> Result<String, CliError> {
+    let device = default_device();
+    let loaded = load_weights(&args.weights, &device)?;
+    match args.format {
+        ExportFormat::Safetensors => {
+            let tensors = load::state_dict(&loaded.model);
+            let n = tensors.len();
+            let meta = load::export_metadata(&loaded.model, loaded.classes.as_deref());
+            write_safetensors(&args.output, tensors, meta)?;
+            Ok(format!(
+                "wrote {} ({} tensors, {} as timm keys; {} loaded from {})\n",
+                args.output.display(),
+                n,
+                loaded.model.config.name,
+                loaded.report.loaded,
+                args.weights.weights
+            ))
+        }
+    }
 }
 
 /// Parses `224` or `224x160` into `[height, width]`.
@@ -198,6 +360,8 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
                 summary.table()
             })
         }
+        Command::Predict(args) => predict(args),
+        Command::Export(args) => export(args),
         Command::Config { arch, toml } => {
             let config = presets::by_name(&arch)?;
             Ok(if toml {

@@ -24,6 +24,7 @@ pub mod blocks;
 pub mod cli;
 pub mod config;
 pub mod device;
+pub mod infer;
 pub mod layers;
 pub mod model;
 pub mod presets;

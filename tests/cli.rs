@@ -149,3 +149,155 @@ fn bad_input_gets_clear_errors_not_panics() {
     assert_eq!(code, 2);
     assert!(err.contains("M >= 2"), "{err}");
 }
+
+fn sknet_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_sknet"))
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sknet-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn predict_json_and_export_round_trip() {
+    let dir = scratch("export");
+    let out = dir.join("k.safetensors");
+    let (code, msg, err) = sknet(&[
+        "export",
+        "--weights",
+        &fixture("tiny_keras.safetensors"),
+        "--format",
+        "safetensors",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(msg.contains("wrote"), "{msg}");
+    let image = fixture("preprocess_scene.png");
+    let run = |weights: &str| {
+        let (code, out, err) = sknet(&[
+            "predict",
+            &image,
+            &image,
+            "--weights",
+            weights,
+            "--json",
+            "--topk",
+            "3",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let a = run(&fixture("tiny_keras.safetensors"));
+    let b = run(out.to_str().unwrap());
+    assert_eq!(a, b);
+    let first = &a[0];
+    assert_eq!(first["path"], image.as_str());
+    assert_eq!(first["top"].as_array().unwrap().len(), 3);
+    for key in ["index", "label", "probability"] {
+        assert!(first["top"][0].get(key).is_some(), "{key}");
+    }
+}
+
+#[test]
+fn hub_weights_come_from_the_cache_and_fail_clearly_offline() {
+    let cache = scratch("hub");
+    let env = [
+        ("HF_HUB_CACHE", cache.to_str().unwrap()),
+        ("HF_HUB_OFFLINE", "1"),
+    ];
+    let image = fixture("preprocess_scene.png");
+    let args = ["predict", image.as_str(), "--weights", "hf:timm/tiny-test"];
+    let (code, _, err) = sknet_env(&args, &env);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("hf:timm/tiny-test") && err.contains("not in the hub cache"),
+        "{err}"
+    );
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
+    // The hub cache layout: models--OWNER--NAME/{refs/main, snapshots/REV/FILE}.
+    let repo = cache.join("models--timm--tiny-test");
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::create_dir_all(repo.join("snapshots/abc123")).unwrap();
+    std::fs::write(repo.join("refs/main"), "abc123").unwrap();
+    std::fs::copy(
+        fixture("tiny_keras.safetensors"),
+        repo.join("snapshots/abc123/model.safetensors"),
+    )
+    .unwrap();
+    let (code, out, err) = sknet_env(&args, &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("class_"), "{out}");
+}
+
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(width.to_be_bytes());
+    ihdr.extend(height.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32fast::hash(&ihdr).to_be_bytes());
+    png
+}
+
+#[test]
+fn bad_images_and_weights_are_clear_errors() {
+    let dir = scratch("bad");
+    let huge = dir.join("huge.png");
+    std::fs::write(&huge, png_header_only(100_000, 100_000)).unwrap();
+    let text = dir.join("notes.jpg");
+    std::fs::write(&text, "not a picture").unwrap();
+    let weights = fixture("tiny_keras.safetensors");
+    let (code, _, err) = sknet(&["predict", huge.to_str().unwrap(), "--weights", &weights]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("huge.png") && err.contains("too large"),
+        "{err}"
+    );
+    let (code, _, err) = sknet(&["predict", text.to_str().unwrap(), "--weights", &weights]);
+    assert_eq!(code, 2);
+    assert!(err.contains("notes.jpg"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Weights for another architecture.
+    let image = fixture("preprocess_scene.png");
+    let (code, _, err) = sknet(&[
+        "predict",
+        &image,
+        "--weights",
+        &fixture("tiny_timm.safetensors"),
+        "--arch",
+        "skresnet18",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("do not fit `skresnet18`") && err.contains("missing from the file"),
+        "{err}"
+    );
+    // A truncated file.
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &std::fs::read(&weights).unwrap()[..1000]).unwrap();
+    let (code, _, err) = sknet(&["predict", &image, "--weights", cut.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cut.safetensors") && err.contains("not a readable checkpoint"),
+        "{err}"
+    );
+}

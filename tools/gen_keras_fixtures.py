@@ -7,6 +7,7 @@
 - keras_seed_keras.json: that model's logits (the input of its final softmax) for the deterministic weights and
   input of tools/detinit.py.
 - tiny_keras_m3_keras.json: the same for a small variant (3 branches, G=4, r=4, L=8) on an odd-sized input.
+- tiny_keras.safetensors / tiny_keras.json: Keras-initialised weights through tools/keras_to_safetensors.py.
 """
 import json
 import os
@@ -104,5 +105,41 @@ def main():
     case("tiny_keras_m3_keras", m, c, [2, 3, 41, 37], f"the notebook's classes, 3 branches, G=4, r=4, L=8 ({v})")
 
 
+
+def converter_fixture():
+    """tiny_keras.safetensors: a small notebook-family model with Keras' own random initialisation (and randomised
+    BN statistics), saved as .h5 and converted by tools/keras_to_safetensors.py; tiny_keras.json: its logits."""
+    import tempfile
+
+    import keras_to_safetensors as conv
+
+    c = preset("keras-seed")
+    c.update(name="tiny-keras", num_classes=5, layers=[1, 1], planes=[8, 16], strides=[1, 2], default_input=[36, 36])
+    c["sk"].update(kernel_sizes=[3, 5, 7], groups=4, attn_width={"rule": "paper", "reduction": 4, "min_width": 8})
+    tf.keras.backend.clear_session()
+    tf.keras.utils.set_random_seed(0)
+    m = conv.keras_model(c)
+    rng = np.random.default_rng(0)
+    for layer in m.submodules:
+        if isinstance(layer, ks.layers.BatchNormalization):
+            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
+            layer.beta.assign(rng.uniform(-0.2, 0.2, layer.beta.shape))
+            layer.moving_mean.assign(rng.uniform(-0.2, 0.2, layer.moving_mean.shape))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, layer.moving_variance.shape))
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = os.path.join(tmp, "tiny.weights.h5")
+        m.save_weights(h5)
+        m2 = conv.keras_model(c)
+        m2.load_weights(h5)
+        conv.convert(m2, c, os.path.join(OUT, "tiny_keras.safetensors"))
+    out = logits(m2, input_tensor([2, 3, 36, 36]))
+    write_fixture(os.path.join(OUT, "tiny_keras.json"), {
+        "name": "tiny_keras", "source": f"notebook classes, Keras random init, via tools/keras_to_safetensors.py "
+                                        f"(TensorFlow {tf.__version__})",
+        "input_shape": [2, 3, 36, 36], "logits": f32_list(out)})
+    print(f"tiny_keras: logits {out.shape}")
+
+
 if __name__ == "__main__":
     main()
+    converter_fixture()

@@ -1,10 +1,16 @@
-//! Tensors by name: the path walk that checkpoint import/export builds on, and the deterministic
+//! Tensors by name: checkpoint files (safetensors, PyTorch), loading with a full key report,
+//! export to timm-compatible state dicts, the Hugging Face hub cache, and the deterministic
 //! weights the parity tests use.
 
+pub mod checkpoint;
 pub mod deterministic;
+pub mod hub;
+pub mod load;
 pub mod paths;
 
+pub use checkpoint::{Checkpoint, RawTensor, WeightsError};
 pub use deterministic::deterministic_init;
+pub use load::{load_into, LoadReport};
 pub use paths::{
     flat_tensors, named_tensors, replace_tensors, FlatTensor, NamedTensor, TensorRole, TensorSource,
 };

@@ -84,12 +84,38 @@ impl PathTracker {
     }
 }
 
+/// Lists keys and shapes without touching values (parameters stay lazily uninitialised).
+struct Lister {
+    tracker: PathTracker,
+    out: Vec<NamedTensor>,
+}
+
+impl ModuleVisitor for Lister {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let (path, role) = self.tracker.current();
+        self.out.push(NamedTensor {
+            path,
+            shape: param.shape().dims::<D>().to_vec(),
+            role,
+        });
+    }
+}
+
 /// Every float tensor of `module` (parameters and BN running statistics), in visiting order.
+/// Cheap: reads shapes only.
 pub fn named_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
-    flat_tensors(module, None)
-        .into_iter()
-        .map(|t| t.named)
-        .collect()
+    let mut lister = Lister {
+        tracker: PathTracker::default(),
+        out: Vec::new(),
+    };
+    module.visit(&mut lister);
+    lister.out
 }
 
 /// Produces new values for a tensor: `Some(values)` replaces it (row-major, the tensor's shape),

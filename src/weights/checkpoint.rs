@@ -1,0 +1,359 @@
+//! Reading and writing checkpoint files: safetensors, and PyTorch's `.pth` / `.bin` / `.pt`
+//! (zip-pickled state dicts, also legacy pickles; a state dict nested under `state_dict`, `model`
+//! or `module` is found, and a DataParallel `module.` prefix is removed).
+//!
+//! All floating-point tensors are converted to f32; integer tensors (BatchNorm's
+//! `num_batches_tracked`) are kept aside, since sknet has no use for them.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use thiserror::Error;
+
+/// Largest checkpoint file read (a 101-layer SKNet in f32 is about 200 MB).
+pub const MAX_CHECKPOINT_BYTES: u64 = 4 << 30;
+
+/// Errors of checkpoint files and weight loading.
+#[derive(Debug, Error)]
+pub enum WeightsError {
+    /// The file cannot be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not a readable checkpoint (corrupt, truncated, another format).
+    #[error("{path}: not a readable checkpoint: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The file's tensors do not fit the network.
+    #[error("{path}: the weights do not fit `{arch}`{hint}\n{report}")]
+    Mismatch {
+        /// The file.
+        path: String,
+        /// The network.
+        arch: String,
+        /// Which preset the file does fit, when one does.
+        hint: String,
+        /// Every missing, unexpected and mis-shaped key.
+        report: String,
+    },
+    /// The file carries an sknet config that cannot be used.
+    #[error("{path}: bad metadata `{key}`: {message}")]
+    Metadata {
+        /// The file.
+        path: String,
+        /// The metadata key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Hugging Face hub resolution failed.
+    #[error("{spec}: {message}")]
+    Hub {
+        /// The `hf:` spec.
+        spec: String,
+        /// What went wrong, and what to do.
+        message: String,
+    },
+}
+
+/// One tensor of a checkpoint, as f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawTensor {
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// The tensors and metadata of a checkpoint file.
+#[derive(Debug, Clone, Default)]
+pub struct Checkpoint {
+    /// Where it was read from.
+    pub path: String,
+    /// Floating-point tensors by key.
+    pub tensors: BTreeMap<String, RawTensor>,
+    /// Keys of integer tensors that were skipped (e.g. `num_batches_tracked`).
+    pub skipped: Vec<String>,
+    /// String metadata (safetensors `__metadata__`).
+    pub metadata: BTreeMap<String, String>,
+}
+
+fn format_err(path: &Path, message: impl Into<String>) -> WeightsError {
+    WeightsError::Format {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+fn io_err(path: &Path, source: std::io::Error) -> WeightsError {
+    WeightsError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Converts little-endian bytes of a float dtype to f32; `None` for non-float dtypes.
+fn floats_from_le(bytes: &[u8], dtype: Dtype) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half_to_f32(u16::from_le_bytes([c[0], c[1]])))
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16))
+            .collect(),
+        _ => return None,
+    })
+}
+
+/// IEEE half to f32.
+fn half_to_f32(h: u16) -> f32 {
+    let sign = ((h >> 15) as u32) << 31;
+    let exp = ((h >> 10) & 0x1f) as u32;
+    let frac = (h & 0x3ff) as u32;
+    let bits = match (exp, frac) {
+        (0, 0) => sign,
+        (0, _) => {
+            // Subnormal: renormalise.
+            let mut e = 127 - 15 + 1;
+            let mut f = frac;
+            while f & 0x400 == 0 {
+                f <<= 1;
+                e -= 1;
+            }
+            sign | (e << 23) | ((f & 0x3ff) << 13)
+        }
+        (0x1f, _) => sign | 0x7f80_0000 | (frac << 13),
+        _ => sign | ((exp + 127 - 15) << 23) | (frac << 13),
+    };
+    f32::from_bits(bits)
+}
+
+impl Checkpoint {
+    /// Reads a checkpoint, telling the format from the file's first bytes.
+    pub fn read(path: &Path) -> Result<Self, WeightsError> {
+        let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
+        if meta.len() > MAX_CHECKPOINT_BYTES {
+            return Err(format_err(
+                path,
+                format!(
+                    "{} bytes is more than the {} bytes a checkpoint may have",
+                    meta.len(),
+                    MAX_CHECKPOINT_BYTES
+                ),
+            ));
+        }
+        let mut head = [0u8; 4];
+        let n = {
+            use std::io::Read;
+            let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+            f.read(&mut head).map_err(|e| io_err(path, e))?
+        };
+        let mut ckpt = if n >= 2 && (&head[..2] == b"PK" || head[0] == 0x80) {
+            Self::read_pytorch(path)?
+        } else {
+            Self::read_safetensors(path)?
+        };
+        ckpt.strip_prefixes();
+        if ckpt.tensors.is_empty() {
+            return Err(format_err(path, "it holds no floating-point tensors"));
+        }
+        Ok(ckpt)
+    }
+
+    fn read_safetensors(path: &Path) -> Result<Self, WeightsError> {
+        let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            format_err(
+                path,
+                format!("not a PyTorch zip/pickle, and not safetensors ({e})"),
+            )
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| format_err(path, format!("safetensors header: {e}")))?;
+        let mut ckpt = Checkpoint {
+            path: path.display().to_string(),
+            metadata: header
+                .metadata()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        for (name, view) in st.tensors() {
+            match floats_from_le(view.data(), view.dtype()) {
+                Some(data) => {
+                    ckpt.tensors.insert(
+                        name,
+                        RawTensor {
+                            shape: view.shape().to_vec(),
+                            data,
+                        },
+                    );
+                }
+                None => ckpt.skipped.push(name),
+            }
+        }
+        Ok(ckpt)
+    }
+
+    fn read_pytorch(path: &Path) -> Result<Self, WeightsError> {
+        use pytorch_reader::{DType, PytorchReader};
+        let reader = PytorchReader::new(path)
+            .map_err(|e| format_err(path, format!("PyTorch checkpoint: {e}")))?;
+        let mut ckpt = Checkpoint {
+            path: path.display().to_string(),
+            ..Default::default()
+        };
+        for (name, t) in reader.tensors() {
+            let dtype = match t.dtype() {
+                DType::F32 => Dtype::F32,
+                DType::F64 => Dtype::F64,
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                _ => {
+                    ckpt.skipped.push(name.clone());
+                    continue;
+                }
+            };
+            let bytes = t
+                .read()
+                .map_err(|e| format_err(path, format!("tensor `{name}`: {e}")))?;
+            let data = floats_from_le(&bytes, dtype).expect("float dtype");
+            if data.len() != t.shape().iter().product::<usize>() {
+                return Err(format_err(
+                    path,
+                    format!(
+                        "tensor `{name}`: data does not match its shape {:?}",
+                        t.shape()
+                    ),
+                ));
+            }
+            ckpt.tensors.insert(
+                name.clone(),
+                RawTensor {
+                    shape: t.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        Ok(ckpt)
+    }
+
+    /// Removes a prefix every key shares: a nesting key (`state_dict.`, `model.`) or
+    /// DataParallel's `module.`.
+    fn strip_prefixes(&mut self) {
+        for prefix in ["state_dict.", "model.", "module."] {
+            if !self.tensors.is_empty() && self.tensors.keys().all(|k| k.starts_with(prefix)) {
+                self.tensors = std::mem::take(&mut self.tensors)
+                    .into_iter()
+                    .map(|(k, v)| (k[prefix.len()..].to_string(), v))
+                    .collect();
+                self.skipped = self
+                    .skipped
+                    .iter()
+                    .map(|k| k.strip_prefix(prefix).unwrap_or(k).to_string())
+                    .collect();
+            }
+        }
+    }
+}
+
+/// What to write: key, shape, values (f32) or an int64 scalar.
+pub enum OutTensor {
+    /// f32 values.
+    F32(Vec<usize>, Vec<f32>),
+    /// A zero int64 scalar (PyTorch's `num_batches_tracked`).
+    I64Zero,
+}
+
+/// Writes a safetensors file atomically: a temporary file beside it, then a rename.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: Vec<(String, OutTensor)>,
+    metadata: BTreeMap<String, String>,
+) -> Result<(), WeightsError> {
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = tensors
+        .into_iter()
+        .map(|(k, t)| match t {
+            OutTensor::F32(shape, data) => (
+                k,
+                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                shape,
+                Dtype::F32,
+            ),
+            OutTensor::I64Zero => (k, 0i64.to_le_bytes().to_vec(), vec![], Dtype::I64),
+        })
+        .collect();
+    let views = bytes
+        .iter()
+        .map(|(k, b, shape, dtype)| {
+            TensorView::new(*dtype, shape.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| format_err(path, format!("tensor `{k}`: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
+    let data = safetensors::serialize(views, Some(meta))
+        .map_err(|e| format_err(path, format!("serialize: {e}")))?;
+    write_atomic(path, &data)
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder and a rename, so that
+/// `path` is never half-written.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), WeightsError> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io_err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_precision_values() {
+        assert_eq!(half_to_f32(0x3c00), 1.0);
+        assert_eq!(half_to_f32(0xc000), -2.0);
+        assert_eq!(half_to_f32(0x0001), 5.960_464_5e-8);
+        assert!(half_to_f32(0x7e00).is_nan());
+    }
+}

@@ -1,0 +1,258 @@
+//! Loading checkpoint tensors into a network, with a full report of what does not fit, and the
+//! reverse: a network's tensors as a timm-compatible state dict.
+
+use std::collections::{BTreeMap, HashMap};
+
+use burn::tensor::Device;
+
+use super::checkpoint::{Checkpoint, OutTensor, WeightsError};
+use super::paths::{flat_tensors, named_tensors, replace_tensors, NamedTensor, TensorSource};
+use crate::config::NetworkConfig;
+use crate::model::SkNet;
+use crate::presets;
+
+/// Metadata key holding the network config as JSON.
+pub const META_CONFIG: &str = "sknet.config";
+/// Metadata key holding the class names as a JSON array.
+pub const META_CLASSES: &str = "sknet.classes";
+
+/// How a checkpoint's keys compare with a network's.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadReport {
+    /// Tensors loaded.
+    pub loaded: usize,
+    /// In the network, not in the file: (key, shape).
+    pub missing: Vec<(String, Vec<usize>)>,
+    /// In the file, not in the network: (key, shape).
+    pub unexpected: Vec<(String, Vec<usize>)>,
+    /// In both with different shapes: (key, network shape, file shape).
+    pub mismatched: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl LoadReport {
+    /// Whether every key matched.
+    pub fn is_exact(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mismatched.is_empty()
+    }
+
+    /// Every problem, one per line.
+    pub fn describe(&self) -> String {
+        let mut out = Vec::new();
+        for (k, s) in &self.missing {
+            out.push(format!("  missing from the file: {k} {s:?}"));
+        }
+        for (k, s) in &self.unexpected {
+            out.push(format!("  unexpected in the file: {k} {s:?}"));
+        }
+        for (k, ours, theirs) in &self.mismatched {
+            out.push(format!(
+                "  shape mismatch: {k}: the network has {ours:?}, the file {theirs:?}"
+            ));
+        }
+        out.push(format!(
+            "  ({} missing, {} unexpected, {} mis-shaped; {} match)",
+            self.missing.len(),
+            self.unexpected.len(),
+            self.mismatched.len(),
+            self.loaded
+        ));
+        out.join("\n")
+    }
+}
+
+/// Compares a network's tensors with a checkpoint's.
+pub fn compare(ours: &[NamedTensor], ckpt: &Checkpoint) -> LoadReport {
+    let mut report = LoadReport::default();
+    let mut seen = std::collections::HashSet::new();
+    for t in ours {
+        seen.insert(t.path.as_str());
+        match ckpt.tensors.get(&t.path) {
+            None => report.missing.push((t.path.clone(), t.shape.clone())),
+            Some(raw) if raw.shape != t.shape => {
+                report
+                    .mismatched
+                    .push((t.path.clone(), t.shape.clone(), raw.shape.clone()))
+            }
+            Some(_) => report.loaded += 1,
+        }
+    }
+    for (k, raw) in &ckpt.tensors {
+        if !seen.contains(k.as_str()) {
+            report.unexpected.push((k.clone(), raw.shape.clone()));
+        }
+    }
+    report
+}
+
+struct FromCheckpoint {
+    tensors: HashMap<String, Vec<f32>>,
+}
+
+impl TensorSource for FromCheckpoint {
+    fn values(&mut self, tensor: &NamedTensor) -> Option<Vec<f32>> {
+        self.tensors.remove(&tensor.path)
+    }
+}
+
+/// Loads the tensors of `ckpt` into `model`. Any missing, unexpected or mis-shaped key is an
+/// error listing all of them, unless `allow_partial`, in which case matching tensors are loaded,
+/// the rest keep their initial values, and the report says which.
+pub fn load_into(
+    model: SkNet,
+    ckpt: Checkpoint,
+    allow_partial: bool,
+) -> Result<(SkNet, LoadReport), WeightsError> {
+    let ours = named_tensors(&model);
+    let report = compare(&ours, &ckpt);
+    if !report.is_exact() && !allow_partial {
+        let hint = match infer_preset(&ckpt) {
+            Some(name) if name != model.config.name => {
+                format!(" (they fit the preset `{name}`: pass --arch {name})")
+            }
+            _ => String::new(),
+        };
+        return Err(WeightsError::Mismatch {
+            path: ckpt.path.clone(),
+            arch: model.config.name.clone(),
+            hint,
+            report: report.describe(),
+        });
+    }
+    let shapes: HashMap<&str, &Vec<usize>> =
+        ours.iter().map(|t| (t.path.as_str(), &t.shape)).collect();
+    let tensors = ckpt
+        .tensors
+        .into_iter()
+        .filter(|(k, raw)| shapes.get(k.as_str()) == Some(&&raw.shape))
+        .map(|(k, raw)| (k, raw.data))
+        .collect();
+    let model = replace_tensors(model, &mut FromCheckpoint { tensors });
+    Ok((model, report))
+}
+
+/// Classes of a checkpoint's classifier, from `fc.weight`.
+pub fn checkpoint_classes(ckpt: &Checkpoint) -> Option<usize> {
+    ckpt.tensors
+        .get("fc.weight")
+        .filter(|t| t.shape.len() == 2)
+        .map(|t| t.shape[0])
+}
+
+/// The preset whose tensors (with the checkpoint's class count) the checkpoint matches exactly.
+/// timm's models are tried before the paper's, which share their keys.
+pub fn infer_preset(ckpt: &Checkpoint) -> Option<String> {
+    let classes = checkpoint_classes(ckpt)?;
+    let device = Device::flex();
+    let order = [
+        "skresnet18",
+        "skresnet34",
+        "skresnext50_32x4d",
+        "sknet26",
+        "sknet50",
+        "sknet101",
+        "keras-seed",
+        "sknet29",
+        "sknet-tiny",
+    ];
+    order.into_iter().find_map(|name| {
+        let mut config = presets::by_name(name).ok()?;
+        config.num_classes = classes;
+        let model = SkNet::new(&config, &device).ok()?;
+        compare(&named_tensors(&model), ckpt)
+            .is_exact()
+            .then(|| name.to_string())
+    })
+}
+
+/// The network a checkpoint is for: an explicit config wins, then the named preset (with the
+/// file's class count), then the config stored in the file's metadata, then the preset the
+/// tensors fit.
+pub fn resolve_config(
+    ckpt: &Checkpoint,
+    arch: Option<&str>,
+    explicit: Option<NetworkConfig>,
+) -> Result<NetworkConfig, crate::cli::CliError> {
+    if let Some(config) = explicit {
+        return Ok(config);
+    }
+    if let Some(name) = arch {
+        let mut config = presets::by_name(name)?;
+        if let Some(classes) = checkpoint_classes(ckpt) {
+            config.num_classes = classes;
+        }
+        return Ok(config);
+    }
+    if let Some(json) = ckpt.metadata.get(META_CONFIG) {
+        let config: NetworkConfig =
+            serde_json::from_str(json).map_err(|e| WeightsError::Metadata {
+                path: ckpt.path.clone(),
+                key: META_CONFIG.into(),
+                message: e.to_string(),
+            })?;
+        config.validate()?;
+        return Ok(config);
+    }
+    let name = infer_preset(ckpt).ok_or_else(|| WeightsError::Mismatch {
+        path: ckpt.path.clone(),
+        arch: "any preset".into(),
+        hint: " (pass --arch NAME or --config FILE to see what differs)".into(),
+        report: String::new(),
+    })?;
+    let mut config = presets::by_name(&name)?;
+    config.num_classes = checkpoint_classes(ckpt).unwrap_or(config.num_classes);
+    Ok(config)
+}
+
+/// Class names stored in a checkpoint's metadata.
+pub fn checkpoint_class_names(ckpt: &Checkpoint) -> Result<Option<Vec<String>>, WeightsError> {
+    ckpt.metadata
+        .get(META_CLASSES)
+        .map(|json| {
+            serde_json::from_str(json).map_err(|e| WeightsError::Metadata {
+                path: ckpt.path.clone(),
+                key: META_CLASSES.into(),
+                message: format!("expected a JSON array of strings: {e}"),
+            })
+        })
+        .transpose()
+}
+
+/// The network's tensors as a PyTorch state dict: timm's keys, plus a zero
+/// `num_batches_tracked` for every BatchNorm so that `load_state_dict(strict=True)` accepts it.
+pub fn state_dict(model: &SkNet) -> Vec<(String, OutTensor)> {
+    let mut out = Vec::new();
+    for t in flat_tensors(model, None) {
+        let key = t.named.path.clone();
+        let data = t
+            .value
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32 tensor");
+        let is_var =
+            key.ends_with(".running_var") && t.named.role == super::paths::TensorRole::RunningVar;
+        out.push((key.clone(), OutTensor::F32(t.named.shape, data)));
+        if is_var {
+            let prefix = key.trim_end_matches("running_var");
+            out.push((format!("{prefix}num_batches_tracked"), OutTensor::I64Zero));
+        }
+    }
+    out
+}
+
+/// Metadata written with exported weights.
+pub fn export_metadata(model: &SkNet, classes: Option<&[String]>) -> BTreeMap<String, String> {
+    let mut meta = BTreeMap::new();
+    meta.insert("format".into(), "pt".into());
+    meta.insert(
+        META_CONFIG.into(),
+        serde_json::to_string(&model.config).expect("config"),
+    );
+    if let Some(c) = classes {
+        meta.insert(
+            META_CLASSES.into(),
+            serde_json::to_string(c).expect("classes"),
+        );
+    }
+    meta
+}
