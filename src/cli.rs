@@ -30,6 +30,12 @@ pub enum CliError {
     /// Bad image.
     #[error(transparent)]
     Infer(#[from] InferError),
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    /// Bad dataset.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// Bad argument.
     #[error("invalid argument `{arg}`: {message}")]
     Argument {
@@ -64,6 +70,10 @@ pub enum Command {
     Predict(PredictArgs),
     /// Write weights as a timm-compatible safetensors file (loads with strict=True in timm).
     Export(ExportArgs),
+    /// Train on an image dataset (default: the CIFAR-10 subset shipped in data/cifar10-mini).
+    Train(Box<TrainArgs>),
+    /// Evaluate weights on a labelled image folder: top-1, top-5, loss, per class, confusion.
+    Eval(EvalArgs),
     /// Print the config of a preset (JSON, or TOML with --toml), to edit and pass to --config.
     Config {
         /// Preset name.
@@ -134,6 +144,102 @@ pub struct PredictArgs {
     pub json: bool,
 }
 
+/// `sknet train` arguments.
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Preset to train.
+    #[arg(long, default_value = "sknet-tiny")]
+    pub arch: String,
+    /// A JSON or TOML network config; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset: an ImageFolder (class subfolders) or a CIFAR-10/100 binary folder.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cifar10-mini"))]
+    pub data: PathBuf,
+    /// Images per class held out for validation (the last ones of each class, in file order).
+    #[arg(long, default_value_t = 100)]
+    pub val_per_class: usize,
+    /// Epochs (the default fits the shipped subset in about 5 minutes on 2 cores).
+    #[arg(long, default_value_t = 2)]
+    pub epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f64,
+    /// Learning-rate schedule after warmup.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: crate::train::schedule::Schedule,
+    /// Linear warmup epochs.
+    #[arg(long, default_value_t = 1.0)]
+    pub warmup_epochs: f64,
+    /// Step schedule: epochs between decays.
+    #[arg(long, default_value_t = 30)]
+    pub step_epochs: usize,
+    /// Step schedule: decay factor.
+    #[arg(long, default_value_t = 0.1)]
+    pub gamma: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay on conv and linear weights (BatchNorm and biases are not decayed).
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    pub label_smoothing: f64,
+    /// Augmentation (default: cifar for inputs up to 64 pixels, imagenet above).
+    #[arg(long, value_enum)]
+    pub augment: Option<crate::data::augment::Augment>,
+    /// Training and evaluation input size `S` or `HxW` (default: the network's).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Seed for initialisation, order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Data loading threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Output folder for checkpoints, weights, metrics and the curve plot.
+    #[arg(long, default_value = "runs/train")]
+    pub output: PathBuf,
+    /// Continue from a checkpoint.safetensors written by an earlier run (pass the same
+    /// settings).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Stop after this many epochs in this invocation (continue later with --resume).
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+/// `sknet eval` arguments.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The weights.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// A labelled image folder (class subfolders named as the checkpoint's classes), or a
+    /// CIFAR binary folder.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Evaluate only the last N images of each class (the validation split of `sknet train`).
+    #[arg(long)]
+    pub val_per_class: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Data loading threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Export formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExportFormat {
@@ -161,6 +267,8 @@ pub struct Loaded {
     pub model: SkNet,
     /// Class names from the checkpoint's metadata.
     pub classes: Option<Vec<String>>,
+    /// Preprocessing from the checkpoint's metadata (sknet-trained weights).
+    pub preprocess: Option<Preprocess>,
     /// What matched.
     pub report: load::LoadReport,
 }
@@ -176,6 +284,17 @@ pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result
         .transpose()?;
     let config = load::resolve_config(&ckpt, args.arch.as_deref(), explicit)?;
     let classes = load::checkpoint_class_names(&ckpt)?;
+    let preprocess = ckpt
+        .metadata
+        .get(crate::train::META_PREPROCESS)
+        .map(|json| {
+            serde_json::from_str::<Preprocess>(json).map_err(|e| WeightsError::Metadata {
+                path: ckpt.path.clone(),
+                key: crate::train::META_PREPROCESS.into(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()?;
     let model = SkNet::new(&config, device)?;
     let (model, report) = load::load_into(model, ckpt, args.allow_partial)?;
     if !report.is_exact() {
@@ -187,6 +306,7 @@ pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result
     Ok(Loaded {
         model,
         classes,
+        preprocess,
         report,
     })
 }
@@ -201,7 +321,11 @@ fn predict(args: PredictArgs) -> Result<String, CliError> {
     };
     model.check_input(&[1, model.config.in_channels, size[0], size[1]])?;
     let classes = infer::class_names(loaded.classes, model.config.num_classes)?;
-    let pre = Preprocess::imagenet(size);
+    let pre = match loaded.preprocess {
+        Some(p) if args.input.is_none() => p,
+        Some(p) => Preprocess { size, ..p },
+        None => Preprocess::imagenet(size),
+    };
     let predictions = infer::predict(&model, &pre, &args.images, &classes, args.topk, &device)?;
     if args.json {
         return Ok(
@@ -221,6 +345,135 @@ fn predict(args: PredictArgs) -> Result<String, CliError> {
         }
     }
     Ok(out)
+}
+
+fn train(args: TrainArgs) -> Result<String, CliError> {
+    use crate::data::augment::Augment;
+    use crate::train::schedule::LrSchedule;
+    let mut config = match &args.config {
+        Some(path) => NetworkConfig::from_file(path)?,
+        None => presets::by_name(&args.arch)?,
+    };
+    let data = crate::data::Dataset::open(&args.data)?;
+    config.num_classes = data.classes.len();
+    let size = match &args.input {
+        Some(text) => parse_input_size(text)?,
+        None => config.default_input,
+    };
+    config.default_input = size;
+    config.validate()?;
+    let small = size[0].max(size[1]) <= 64;
+    let augment = args.augment.unwrap_or(if small {
+        Augment::Cifar
+    } else {
+        Augment::Imagenet
+    });
+    let preprocess = if small {
+        // Small images are used at their own size: no resize, CIFAR statistics.
+        Preprocess {
+            size,
+            crop_pct: 1.0,
+            interpolation: crate::infer::resize::Filter::Bicubic,
+            mean: [0.4914, 0.4822, 0.4465],
+            std: [0.2470, 0.2435, 0.2616],
+        }
+    } else {
+        Preprocess::imagenet(size)
+    };
+    let settings = crate::train::TrainSettings {
+        config,
+        data: args.data.clone(),
+        val_per_class: args.val_per_class,
+        epochs: args.epochs,
+        batch: args.batch,
+        schedule: LrSchedule {
+            lr: args.lr,
+            kind: args.schedule,
+            warmup_epochs: args.warmup_epochs,
+            step_epochs: args.step_epochs,
+            gamma: args.gamma,
+            epochs: args.epochs,
+        },
+        momentum: args.momentum,
+        nesterov: args.nesterov,
+        weight_decay: args.weight_decay,
+        label_smoothing: args.label_smoothing,
+        augment,
+        preprocess,
+        seed: args.seed,
+        workers: args.workers,
+        output: args.output.clone(),
+    };
+    let history = crate::train::train(settings, args.resume.as_deref(), args.stop_after)?;
+    let best = history.iter().map(|m| m.val_top1).fold(0.0, f64::max);
+    let last = history.last().map(|m| m.val_top1).unwrap_or(0.0);
+    Ok(format!(
+        "done: validation top-1 {:.2}% (best {:.2}%); weights in {}/best.safetensors and last.safetensors, \
+         curves in {}/curves.png\n",
+        last * 100.0,
+        best * 100.0,
+        args.output.display(),
+        args.output.display()
+    ))
+}
+
+fn eval(args: EvalArgs) -> Result<String, CliError> {
+    let device = default_device();
+    let loaded = load_weights(&args.weights, &device)?;
+    let model = loaded.model;
+    let data = crate::data::Dataset::open(&args.data)?;
+    let k = model.config.num_classes;
+    let classes = match loaded.classes {
+        Some(c) => c,
+        None => infer::class_names(None, k)?,
+    };
+    // Folder names map to the checkpoint's class names.
+    let label_map = data
+        .classes
+        .iter()
+        .map(|name| {
+            classes
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| CliError::Argument {
+                    arg: format!("--data {}", args.data.display()),
+                    message: format!(
+                        "class folder `{name}` is not one of the checkpoint's {k} classes ({})",
+                        classes
+                            .iter()
+                            .take(10)
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                            + if k > 10 { ", ..." } else { "" }
+                    ),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let indices: Vec<usize> = match args.val_per_class {
+        Some(n) => data.split(n)?.1,
+        None => (0..data.len()).collect(),
+    };
+    let size = model.config.default_input;
+    let pre = loaded
+        .preprocess
+        .unwrap_or_else(|| Preprocess::imagenet(size));
+    let report = crate::eval::evaluate(
+        &model,
+        std::sync::Arc::new(data),
+        &indices,
+        &label_map,
+        &classes,
+        &pre,
+        args.batch,
+        args.workers,
+        &device,
+    );
+    Ok(if args.json {
+        serde_json::to_string_pretty(&report).expect("report") + "\n"
+    } else {
+        report.text()
+    })
 }
 
 fn export(args: ExportArgs) -> Result<String, CliError> {
@@ -362,6 +615,8 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         }
         Command::Predict(args) => predict(args),
         Command::Export(args) => export(args),
+        Command::Train(args) => train(*args),
+        Command::Eval(args) => eval(args),
         Command::Config { arch, toml } => {
             let config = presets::by_name(&arch)?;
             Ok(if toml {

@@ -23,12 +23,15 @@
 pub mod blocks;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub mod device;
+pub mod eval;
 pub mod infer;
 pub mod layers;
 pub mod model;
 pub mod presets;
 pub mod summary;
+pub mod train;
 pub mod weights;
 
 pub use config::{ConfigError, NetworkConfig};

@@ -100,8 +100,8 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    /// A new conv with Kaiming-normal (fan-out, ReLU gain) weights, as timm's ResNet initialises
-    /// them, and zero bias.
+    /// A new conv with Kaiming-normal weights (ReLU gain, `fan_out = out * k * k` as PyTorch's
+    /// `kaiming_normal_(mode="fan_out")` computes it, which timm's ResNet uses), and zero bias.
     pub fn new(
         in_channels: usize,
         out_channels: usize,
@@ -111,7 +111,7 @@ impl Conv2d {
     ) -> Self {
         let k = geometry.kernel;
         let fan_in = in_channels / geometry.groups * k * k;
-        let fan_out = out_channels / geometry.groups * k * k;
+        let fan_out = out_channels * k * k;
         let weight = Initializer::KaimingNormal {
             gain: 2f64.sqrt(),
             fan_out_only: true,

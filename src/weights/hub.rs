@@ -114,7 +114,7 @@ mod tests {
 
     #[test]
     fn specs() {
-        assert_eq!(HubSpec::parse("model.safetensors"), None);
+        assert!(HubSpec::parse("model.safetensors").is_none());
         let s = HubSpec::parse("hf:timm/skresnet18.ra_in1k")
             .unwrap()
             .unwrap();

@@ -7,6 +7,7 @@ pub mod deterministic;
 pub mod hub;
 pub mod load;
 pub mod paths;
+pub mod seeded;
 
 pub use checkpoint::{Checkpoint, RawTensor, WeightsError};
 pub use deterministic::deterministic_init;
@@ -14,3 +15,4 @@ pub use load::{load_into, LoadReport};
 pub use paths::{
     flat_tensors, named_tensors, replace_tensors, FlatTensor, NamedTensor, TensorRole, TensorSource,
 };
+pub use seeded::seeded_init;

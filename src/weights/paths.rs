@@ -53,15 +53,17 @@ pub struct NamedTensor {
 
 /// Tracks the dotted path while burn walks the module tree. Enum variants (such as
 /// [`crate::blocks::Block`]'s) are transparent: they do not appear in paths.
+/// Tracks the dotted key while a visitor or mapper walks a module.
 #[derive(Default)]
-struct PathTracker {
+pub struct PathTracker {
     segments: Vec<String>,
     pushed: Vec<bool>,
     owners: Vec<String>,
 }
 
 impl PathTracker {
-    fn enter(&mut self, name: &str, container_type: &str) {
+    /// Call from `enter_module`.
+    pub fn enter(&mut self, name: &str, container_type: &str) {
         let keep = !container_type.starts_with("Enum:");
         if keep {
             self.segments.push(name.to_string());
@@ -70,14 +72,16 @@ impl PathTracker {
         self.owners.push(container_type.to_string());
     }
 
-    fn exit(&mut self) {
+    /// Call from `exit_module`.
+    pub fn exit(&mut self) {
         if self.pushed.pop() == Some(true) {
             self.segments.pop();
         }
         self.owners.pop();
     }
 
-    fn current(&self) -> (String, TensorRole) {
+    /// Key and role of the tensor being visited.
+    pub fn current(&self) -> (String, TensorRole) {
         let leaf = self.segments.last().map(String::as_str).unwrap_or("");
         let owner = self.owners.last().map(String::as_str).unwrap_or("");
         (self.segments.join("."), TensorRole::classify(owner, leaf))

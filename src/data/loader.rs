@@ -1,0 +1,157 @@
+//! Batches decoded and augmented on worker threads while the model trains on the previous ones.
+//! At most `prefetch` batches wait in memory; order and augmentation are fixed by the seed.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use super::augment::Augment;
+use super::rng::Rng;
+use super::Dataset;
+use crate::infer::Preprocess;
+
+/// One batch: `[n, 3, H, W]` values and labels.
+pub struct Batch {
+    /// Row-major pixels.
+    pub pixels: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<usize>,
+}
+
+/// Iterates over the batches of one epoch.
+pub struct Loader {
+    rx: Receiver<(usize, Batch)>,
+    pending: BTreeMap<usize, Batch>,
+    next: usize,
+    total: usize,
+    workers: Vec<JoinHandle<()>>,
+    /// Images that could not be decoded (skipped).
+    pub skipped: Arc<AtomicUsize>,
+}
+
+/// What the loader is asked for.
+#[derive(Clone)]
+pub struct LoaderConfig {
+    /// Images per batch.
+    pub batch: usize,
+    /// Worker threads.
+    pub workers: usize,
+    /// Shuffle the order (seeded by seed and epoch).
+    pub shuffle: bool,
+    /// Drop a last incomplete batch.
+    pub drop_last: bool,
+    /// Augmentation.
+    pub augment: Augment,
+    /// Size and normalization.
+    pub eval: Preprocess,
+    /// Seed.
+    pub seed: u64,
+}
+
+impl Loader {
+    /// Starts the workers for `epoch` over `indices` of `data`.
+    pub fn new(data: Arc<Dataset>, indices: &[usize], config: LoaderConfig, epoch: u64) -> Self {
+        let mut order = indices.to_vec();
+        if config.shuffle {
+            Rng::derive(&[config.seed, epoch, 0x5a11]).shuffle(&mut order);
+        }
+        let b = config.batch.max(1);
+        let mut total = order.len() / b;
+        if !config.drop_last && order.len() % b != 0 {
+            total += 1;
+        }
+        let order = Arc::new(order);
+        let workers_n = config.workers.max(1);
+        let (tx, rx) = sync_channel(2 * workers_n);
+        let skipped = Arc::new(AtomicUsize::new(0));
+        let workers = (0..workers_n)
+            .map(|w| {
+                let (tx, data, order, config, skipped) = (
+                    tx.clone(),
+                    data.clone(),
+                    order.clone(),
+                    config.clone(),
+                    skipped.clone(),
+                );
+                std::thread::spawn(move || {
+                    let [h, wd] = config.eval.size;
+                    for k in (w..total).step_by(workers_n) {
+                        let slice = &order[k * b..((k + 1) * b).min(order.len())];
+                        let mut pixels = Vec::with_capacity(slice.len() * 3 * h * wd);
+                        let mut labels = Vec::with_capacity(slice.len());
+                        for &i in slice {
+                            match data.load(i) {
+                                Ok(img) => {
+                                    let mut rng = Rng::derive(&[config.seed, epoch, i as u64]);
+                                    pixels.extend(config.augment.apply(
+                                        &img,
+                                        &config.eval,
+                                        &mut rng,
+                                    ));
+                                    labels.push(data.label(i));
+                                }
+                                Err(e) => {
+                                    skipped.fetch_add(1, Ordering::Relaxed);
+                                    eprintln!("warning: skipping {}: {e}", data.describe(i));
+                                }
+                            }
+                        }
+                        if tx.send((k, Batch { pixels, labels })).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            rx,
+            pending: BTreeMap::new(),
+            next: 0,
+            total,
+            workers,
+            skipped,
+        }
+    }
+
+    /// Batches in this epoch.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether there are no batches.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        if self.next >= self.total {
+            return None;
+        }
+        while !self.pending.contains_key(&self.next) {
+            let (k, batch) = self.rx.recv().ok()?;
+            self.pending.insert(k, batch);
+        }
+        let batch = self.pending.remove(&self.next);
+        self.next += 1;
+        batch
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock and finish the workers.
+        while self.rx.try_recv().is_ok() {}
+        let (_tx, rx) = sync_channel(0);
+        let old = std::mem::replace(&mut self.rx, rx);
+        drop(old);
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}

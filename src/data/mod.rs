@@ -1,0 +1,305 @@
+//! Image datasets (ImageFolder and the CIFAR-10/100 binary format), a deterministic
+//! train/validation split, augmentations, and a batch loader that decodes on worker threads.
+//!
+//! Images are read from disk when a batch needs them, so memory stays bounded whatever the
+//! dataset's size. An image that cannot be decoded is skipped with a warning and counted.
+
+pub mod augment;
+pub mod loader;
+pub mod rng;
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use crate::infer::resize::Rgb8;
+
+/// Dataset errors.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// The dataset folder or file is unusable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The folder or file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(path: &Path, message: impl Into<String>) -> DataError {
+    DataError::Invalid {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Where an item's pixels are.
+#[derive(Debug, Clone)]
+enum Source {
+    /// An image file.
+    File(PathBuf),
+    /// A CIFAR binary record: file index and byte offset of the pixels.
+    Record(usize, u64),
+}
+
+/// A labelled image collection.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// Where it came from.
+    pub root: PathBuf,
+    /// Class names, by label.
+    pub classes: Vec<String>,
+    items: Vec<(Source, usize)>,
+    files: Vec<Arc<File>>,
+}
+
+const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
+
+impl Dataset {
+    /// Opens an ImageFolder (`root/<class>/<image>`) or a CIFAR binary folder (holding
+    /// `data_batch_*.bin` / `test_batch.bin`, or `train.bin` / `test.bin` for CIFAR-100).
+    pub fn open(root: &Path) -> Result<Self, DataError> {
+        if !root.is_dir() {
+            return Err(invalid(
+                root,
+                "not a folder (expected an ImageFolder or CIFAR binary folder)",
+            ));
+        }
+        let bins = cifar_files(root);
+        if !bins.is_empty() {
+            return Self::open_cifar(root, &bins);
+        }
+        Self::open_image_folder(root)
+    }
+
+    fn open_image_folder(root: &Path) -> Result<Self, DataError> {
+        let mut classes: Vec<String> = std::fs::read_dir(root)
+            .map_err(|e| invalid(root, e.to_string()))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        classes.sort();
+        if classes.is_empty() {
+            return Err(invalid(
+                root,
+                "no class folders (expected root/<class>/<image files>)",
+            ));
+        }
+        let mut items = Vec::new();
+        for (label, class) in classes.iter().enumerate() {
+            let dir = root.join(class);
+            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map_err(|e| invalid(&dir, e.to_string()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
+                        IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
+                    })
+                })
+                .collect();
+            if files.is_empty() {
+                return Err(invalid(
+                    &dir,
+                    format!(
+                        "class folder `{class}` holds no images ({})",
+                        IMAGE_EXTENSIONS.join(", ")
+                    ),
+                ));
+            }
+            files.sort();
+            items.extend(files.into_iter().map(|f| (Source::File(f), label)));
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            classes,
+            items,
+            files: Vec::new(),
+        })
+    }
+
+    fn open_cifar(root: &Path, bins: &[PathBuf]) -> Result<Self, DataError> {
+        // CIFAR-10 records: 1 label byte + 3072 pixel bytes; CIFAR-100: coarse + fine label.
+        let cifar100 = bins
+            .iter()
+            .any(|b| b.file_name().is_some_and(|n| n == "train.bin"));
+        let (label_bytes, classes) = if cifar100 {
+            (
+                2usize,
+                (0..100)
+                    .map(|i| format!("class_{i:02}"))
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            let meta = std::fs::read_to_string(root.join("batches.meta.txt")).ok();
+            let names: Vec<String> = meta
+                .map(|m| {
+                    m.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| l.trim().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let names = if names.len() == 10 {
+                names
+            } else {
+                [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+            };
+            (1usize, names)
+        };
+        let record = (label_bytes + 3072) as u64;
+        let mut items = Vec::new();
+        let mut files = Vec::new();
+        for (fi, path) in bins.iter().enumerate() {
+            let file = File::open(path).map_err(|e| invalid(path, e.to_string()))?;
+            let len = file
+                .metadata()
+                .map_err(|e| invalid(path, e.to_string()))?
+                .len();
+            if len == 0 || len % record != 0 {
+                return Err(invalid(
+                    path,
+                    format!("{len} bytes is not a whole number of {record}-byte CIFAR records"),
+                ));
+            }
+            let mut labels = vec![0u8; label_bytes];
+            for r in 0..len / record {
+                file.read_exact_at(&mut labels, r * record)
+                    .map_err(|e| invalid(path, e.to_string()))?;
+                let label = labels[label_bytes - 1] as usize;
+                if label >= classes.len() {
+                    return Err(invalid(
+                        path,
+                        format!("record {r}: label {label} out of range"),
+                    ));
+                }
+                items.push((Source::Record(fi, r * record + label_bytes as u64), label));
+            }
+            files.push(Arc::new(file));
+        }
+        // Group by class, in file order, so that the per-class split is well defined.
+        items.sort_by_key(|(_, l)| *l);
+        Ok(Self {
+            root: root.to_path_buf(),
+            classes,
+            items,
+            files,
+        })
+    }
+
+    /// Number of items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Label of item `i`.
+    pub fn label(&self, i: usize) -> usize {
+        self.items[i].1
+    }
+
+    /// Describes item `i` (its file).
+    pub fn describe(&self, i: usize) -> String {
+        match &self.items[i].0 {
+            Source::File(p) => p.display().to_string(),
+            Source::Record(f, off) => {
+                format!("{} (binary file #{f}, byte {off})", self.root.display())
+            }
+        }
+    }
+
+    /// Decodes item `i`.
+    pub fn load(&self, i: usize) -> Result<Rgb8, String> {
+        match &self.items[i].0 {
+            Source::File(path) => crate::infer::load_image(path).map_err(|e| e.to_string()),
+            Source::Record(f, offset) => {
+                let mut planes = vec![0u8; 3072];
+                self.files[*f]
+                    .read_exact_at(&mut planes, *offset)
+                    .map_err(|e| e.to_string())?;
+                let mut data = vec![0u8; 3072];
+                for p in 0..1024 {
+                    for c in 0..3 {
+                        data[p * 3 + c] = planes[c * 1024 + p];
+                    }
+                }
+                Ok(Rgb8 {
+                    width: 32,
+                    height: 32,
+                    data,
+                })
+            }
+        }
+    }
+
+    /// Splits into (train, validation) indices: the last `per_class` items of every class
+    /// (in sorted file order) are held out. Deterministic.
+    pub fn split(&self, per_class: usize) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+        let mut train = Vec::new();
+        let mut val = Vec::new();
+        for label in 0..self.classes.len() {
+            let idx: Vec<usize> = (0..self.len())
+                .filter(|&i| self.items[i].1 == label)
+                .collect();
+            if per_class > 0 && idx.len() <= per_class {
+                return Err(invalid(
+                    &self.root,
+                    format!(
+                        "class `{}` has {} images, too few to hold out {per_class} for validation",
+                        self.classes[label],
+                        idx.len()
+                    ),
+                ));
+            }
+            let cut = idx.len() - per_class;
+            train.extend_from_slice(&idx[..cut]);
+            val.extend_from_slice(&idx[cut..]);
+        }
+        Ok((train, val))
+    }
+}
+
+fn cifar_files(root: &Path) -> Vec<PathBuf> {
+    let mut bins: Vec<PathBuf> = std::fs::read_dir(root)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        (n.starts_with("data_batch_")
+                            || n == "test_batch.bin"
+                            || n == "train.bin"
+                            || n == "test.bin")
+                            && n.ends_with(".bin")
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    bins.sort();
+    bins
+}

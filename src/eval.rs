@@ -1,0 +1,170 @@
+//! Evaluation on a labelled dataset: top-1, top-5, loss, per-class accuracy, confusion matrix.
+
+use std::sync::Arc;
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::data::augment::Augment;
+use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::Dataset;
+use crate::infer::Preprocess;
+use crate::model::SkNet;
+
+/// Accuracy of one class.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassAccuracy {
+    /// Class name.
+    pub class: String,
+    /// Images of that class.
+    pub images: usize,
+    /// Fraction classified right.
+    pub accuracy: f64,
+}
+
+/// Evaluation results.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    /// Top-1 accuracy in [0, 1].
+    pub top1: f64,
+    /// Top-5 accuracy in [0, 1] (top-k with k = classes when fewer than 5).
+    pub top5: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Images evaluated.
+    pub images: usize,
+    /// Images that could not be decoded.
+    pub skipped: usize,
+    /// Per-class accuracy.
+    pub per_class: Vec<ClassAccuracy>,
+    /// `confusion[true][predicted]` counts.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+/// Evaluates `model` (in inference mode) on `indices` of `data`, whose labels index `classes`
+/// through `label_map` (dataset label -> model class).
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate(
+    model: &SkNet,
+    data: Arc<Dataset>,
+    indices: &[usize],
+    label_map: &[usize],
+    classes: &[String],
+    pre: &Preprocess,
+    batch: usize,
+    workers: usize,
+    device: &Device,
+) -> EvalReport {
+    let k = classes.len();
+    let loader = Loader::new(
+        data,
+        indices,
+        LoaderConfig {
+            batch,
+            workers,
+            shuffle: false,
+            drop_last: false,
+            augment: Augment::None,
+            eval: pre.clone(),
+            seed: 0,
+        },
+        0,
+    );
+    let skipped = loader.skipped.clone();
+    let [h, w] = pre.size;
+    let mut confusion = vec![vec![0usize; k]; k];
+    let (mut top1, mut top5, mut loss_sum, mut n) = (0usize, 0usize, 0f64, 0usize);
+    for b in loader {
+        let m = b.labels.len();
+        if m == 0 {
+            continue;
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(b.pixels, [m, 3, h, w]), device);
+        let logp = log_softmax(model.forward(x), 1)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .expect("f32");
+        for (i, &label) in b.labels.iter().enumerate() {
+            let target = label_map[label];
+            let row = &logp[i * k..(i + 1) * k];
+            loss_sum -= row[target] as f64;
+            let better = row.iter().filter(|&&v| v > row[target]).count();
+            top1 += (better == 0) as usize;
+            top5 += (better < 5) as usize;
+            let pred = (0..k)
+                .max_by(|&a, &b| row[a].total_cmp(&row[b]).then(b.cmp(&a)))
+                .unwrap_or(0);
+            confusion[target][pred] += 1;
+        }
+        n += m;
+    }
+    let per_class = (0..k)
+        .map(|c| {
+            let images: usize = confusion[c].iter().sum();
+            ClassAccuracy {
+                class: classes[c].clone(),
+                images,
+                accuracy: if images > 0 {
+                    confusion[c][c] as f64 / images as f64
+                } else {
+                    0.0
+                },
+            }
+        })
+        .collect();
+    let denom = n.max(1) as f64;
+    EvalReport {
+        top1: top1 as f64 / denom,
+        top5: top5 as f64 / denom,
+        loss: loss_sum / denom,
+        images: n,
+        skipped: skipped.load(std::sync::atomic::Ordering::Relaxed),
+        per_class,
+        confusion,
+    }
+}
+
+impl EvalReport {
+    /// A human-readable report.
+    pub fn text(&self) -> String {
+        let mut out = format!(
+            "images {}  top-1 {:.2}%  top-5 {:.2}%  loss {:.4}{}\n\nper class:\n",
+            self.images,
+            self.top1 * 100.0,
+            self.top5 * 100.0,
+            self.loss,
+            if self.skipped > 0 {
+                format!("  ({} unreadable images skipped)", self.skipped)
+            } else {
+                String::new()
+            }
+        );
+        let width = self
+            .per_class
+            .iter()
+            .map(|c| c.class.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        for c in &self.per_class {
+            out.push_str(&format!(
+                "  {:width$}  {:6.2}%  ({} images)\n",
+                c.class,
+                c.accuracy * 100.0,
+                c.images
+            ));
+        }
+        out.push_str("\nconfusion (rows: true class, columns: predicted):\n");
+        for (i, row) in self.confusion.iter().enumerate() {
+            let cells: Vec<String> = row.iter().map(|v| format!("{v:5}")).collect();
+            out.push_str(&format!(
+                "  {:width$} {}\n",
+                self.per_class[i].class,
+                cells.join("")
+            ));
+        }
+        out
+    }
+}

@@ -1,0 +1,143 @@
+//! SGD with momentum (optionally Nesterov), as `torch.optim.SGD` computes it, with weight decay
+//! on conv and linear weights only: BatchNorm parameters and biases are not decayed.
+
+use std::collections::HashMap;
+
+use burn::module::{ModuleMapper, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::model::SkNet;
+use crate::weights::paths::{PathTracker, TensorRole};
+
+/// Hyper-parameters.
+#[derive(Debug, Clone, Copy)]
+pub struct SgdConfig {
+    /// Momentum.
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay on conv / linear weights.
+    pub weight_decay: f64,
+}
+
+/// Momentum buffers, by parameter key (so that they can be checkpointed by name).
+#[derive(Default)]
+pub struct Sgd {
+    /// Settings.
+    pub config: Option<SgdConfig>,
+    /// `key -> flattened momentum buffer`.
+    pub buffers: HashMap<String, Tensor<1>>,
+}
+
+struct Step<'a> {
+    tracker: PathTracker,
+    grads: GradientsParams,
+    config: SgdConfig,
+    lr: f64,
+    buffers: &'a mut HashMap<String, Tensor<1>>,
+}
+
+impl ModuleMapper for Step<'_> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (path, role) = self.tracker.current();
+        if !role.trainable() {
+            return param;
+        }
+        let (id, tensor, mapper) = param.consume();
+        let Some(grad) = self.grads.remove::<D>(id) else {
+            return Param::from_mapped_value(id, tensor, mapper);
+        };
+        let require_grad = tensor.is_require_grad();
+        let value = tensor.inner();
+        let dims = value.dims();
+        let n: usize = dims.iter().product();
+        let mut g = grad;
+        if self.config.weight_decay > 0.0 && role == TensorRole::Weight {
+            g = g.add(value.clone().mul_scalar(self.config.weight_decay));
+        }
+        let update = if self.config.momentum > 0.0 {
+            let buf = match self.buffers.remove(&path) {
+                Some(b) => b
+                    .reshape(dims)
+                    .mul_scalar(self.config.momentum)
+                    .add(g.clone()),
+                None => g.clone(),
+            };
+            self.buffers.insert(path, buf.clone().reshape([n]));
+            if self.config.nesterov {
+                g.add(buf.mul_scalar(self.config.momentum))
+            } else {
+                buf
+            }
+        } else {
+            g
+        };
+        let updated = Tensor::from_inner(value.sub(update.mul_scalar(self.lr)));
+        let updated = if require_grad {
+            updated.require_grad()
+        } else {
+            updated
+        };
+        Param::from_mapped_value(id, updated, mapper)
+    }
+}
+
+impl Sgd {
+    /// A new optimizer.
+    pub fn new(config: SgdConfig) -> Self {
+        Self {
+            config: Some(config),
+            buffers: HashMap::new(),
+        }
+    }
+
+    /// One step at learning rate `lr`.
+    pub fn step(&mut self, model: SkNet, grads: GradientsParams, lr: f64) -> SkNet {
+        let config = self.config.expect("configured");
+        let mut step = Step {
+            tracker: PathTracker::default(),
+            grads,
+            config,
+            lr,
+            buffers: &mut self.buffers,
+        };
+        burn::module::Module::map(model, &mut step)
+    }
+
+    /// Buffers as plain data, for checkpoints.
+    pub fn state(&self) -> Vec<(String, Vec<f32>)> {
+        let mut out: Vec<(String, Vec<f32>)> = self
+            .buffers
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.to_data()
+                        .convert::<f32>()
+                        .try_into_vec::<f32>()
+                        .expect("f32"),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Restores buffers from checkpoint data.
+    pub fn restore(&mut self, state: Vec<(String, Vec<f32>)>, device: &Device) {
+        self.buffers = state
+            .into_iter()
+            .map(|(k, v)| {
+                let n = v.len();
+                (k, Tensor::from_data(TensorData::new(v, [n]), device))
+            })
+            .collect();
+    }
+}

@@ -1,0 +1,291 @@
+//! Training, resume, evaluation and bad data, on a few real CIFAR-10 images and a tiny network.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use sknet::data::augment::Augment;
+use sknet::data::Dataset;
+use sknet::infer::Preprocess;
+use sknet::train::schedule::{LrSchedule, Schedule};
+use sknet::train::{train, TrainError, TrainSettings};
+use sknet::weights::checkpoint::Checkpoint;
+
+/// Trainings in this file run one at a time: two models training concurrently in one process
+/// were seen to perturb each other's results on burn 0.22's autodiff backend (each alone is
+/// bit-for-bit reproducible), and the CLI trains one model per process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sknet-train-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 3 classes x 10 real images from the shipped subset.
+fn small_dataset(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-mini");
+    let root = dir.join("data");
+    for class in ["airplane", "cat", "ship"] {
+        std::fs::create_dir_all(root.join(class)).unwrap();
+        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files.iter().take(10) {
+            std::fs::copy(f, root.join(class).join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    root
+}
+
+fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
+    let mut config = sknet::presets::by_name("sknet-tiny").unwrap();
+    config.num_classes = 3;
+    config.layers = vec![1, 1];
+    config.planes = vec![8, 16];
+    config.strides = vec![1, 2];
+    config.stem = sknet::config::StemConfig::Cifar { width: 8 };
+    TrainSettings {
+        config,
+        data: data.to_path_buf(),
+        val_per_class: 2,
+        epochs,
+        batch: 8,
+        schedule: LrSchedule {
+            lr: 0.05,
+            kind: Schedule::Cosine,
+            warmup_epochs: 1.0,
+            step_epochs: 30,
+            gamma: 0.1,
+            epochs,
+        },
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        label_smoothing: 0.1,
+        augment: Augment::Cifar,
+        preprocess: Preprocess {
+            size: [32, 32],
+            crop_pct: 1.0,
+            interpolation: sknet::infer::resize::Filter::Bicubic,
+            mean: [0.5, 0.5, 0.5],
+            std: [0.25, 0.25, 0.25],
+        },
+        seed: 7,
+        workers: 2,
+        output: output.to_path_buf(),
+    }
+}
+
+/// Largest absolute difference between two checkpoints' tensors (same keys).
+fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|((ka, va), (kb, vb))| {
+            assert_eq!(ka, kb);
+            va.iter()
+                .zip(vb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max)
+        })
+        .fold(0.0, f32::max)
+}
+
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    Checkpoint::read(path)
+        .unwrap()
+        .tensors
+        .into_iter()
+        .map(|(k, t)| (k, t.data))
+        .collect()
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let _guard = serial();
+    let dir = scratch("resume");
+    let data = small_dataset(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let full = train(settings(&data, &a, 3), None, None).unwrap();
+    assert_eq!(full.len(), 3);
+    // Interrupted after one epoch, then resumed.
+    train(settings(&data, &b, 3), None, Some(1)).unwrap();
+    let rest = train(
+        settings(&data, &b, 3),
+        Some(&b.join("checkpoint.safetensors")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(rest.len(), 3, "metrics history continues");
+    let c = dir.join("c");
+    train(settings(&data, &c, 3), None, None).unwrap();
+    let wa = weights(&a.join("last.safetensors"));
+    // Runs repeat exactly, and a resumed run ends exactly where the uninterrupted one does.
+    let rerun = max_diff(&wa, &weights(&c.join("last.safetensors")));
+    let resumed = max_diff(&wa, &weights(&b.join("last.safetensors")));
+    assert_eq!(rerun, 0.0, "a rerun differs");
+    assert_eq!(resumed, 0.0, "the resumed run differs");
+    assert_eq!(full[2].val_loss, rest[2].val_loss);
+    for f in [
+        "best.safetensors",
+        "checkpoint.safetensors",
+        "metrics.csv",
+        "metrics.jsonl",
+        "curves.png",
+    ] {
+        assert!(a.join(f).exists(), "{f}");
+    }
+    let csv = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+    // No temporary files are left behind.
+    assert!(std::fs::read_dir(&a).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("tmp")));
+    // The weights carry what predict and eval need.
+    let ckpt = Checkpoint::read(&a.join("best.safetensors")).unwrap();
+    for key in ["sknet.config", "sknet.classes", "sknet.preprocess"] {
+        assert!(ckpt.metadata.contains_key(key), "{key}");
+    }
+}
+
+#[test]
+fn resume_from_another_architecture_is_refused() {
+    let _guard = serial();
+    let dir = scratch("other");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(settings(&data, &out, 2), None, Some(1)).unwrap();
+    let mut other = settings(&data, &out, 2);
+    other.config.planes = vec![8, 32];
+    let err = train(other, Some(&out.join("checkpoint.safetensors")), None).unwrap_err();
+    assert!(matches!(err, TrainError::Resume { .. }), "{err}");
+    assert!(err.to_string().contains("checkpoint.safetensors"), "{err}");
+    // A weights-only file is not a training checkpoint.
+    let err = train(
+        settings(&data, &out, 2),
+        Some(&out.join("last.safetensors")),
+        None,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("not a training checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let _guard = serial();
+    let dir = scratch("nan");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(settings(&data, &out, 3), None, Some(1)).unwrap();
+    let before = weights(&out.join("checkpoint.safetensors"));
+    let mut wild = settings(&data, &out, 3);
+    wild.schedule.lr = 1e30;
+    wild.schedule.warmup_epochs = 0.0;
+    let err = train(wild, Some(&out.join("checkpoint.safetensors")), None).unwrap_err();
+    assert!(matches!(err, TrainError::NotFinite { .. }), "{err}");
+    assert!(err.to_string().contains("diverged"), "{err}");
+    assert_eq!(weights(&out.join("checkpoint.safetensors")), before);
+}
+
+#[test]
+fn unreadable_images_are_skipped_and_empty_classes_refused() {
+    let _guard = serial();
+    let dir = scratch("bad");
+    let data = small_dataset(&dir);
+    std::fs::write(data.join("cat/zzz_broken.jpg"), b"not a jpeg").unwrap();
+    let out = dir.join("run");
+    let mut s = settings(&data, &out, 1);
+    s.batch = 1; // a batch of one trains too
+    s.val_per_class = 3; // the broken file is in the validation split
+    let history = train(s, None, None).unwrap();
+    assert_eq!(history.len(), 1);
+    assert!(history[0].train_loss.is_finite());
+
+    std::fs::create_dir_all(data.join("dog")).unwrap();
+    let err = Dataset::open(&data).unwrap_err().to_string();
+    assert!(err.contains("dog") && err.contains("no images"), "{err}");
+}
+
+#[test]
+fn eval_reports_accuracy_per_class_and_confusion() {
+    let _guard = serial();
+    let dir = scratch("eval");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(settings(&data, &out, 1), None, None).unwrap();
+    let bin = env!("CARGO_BIN_EXE_sknet");
+    let weights = out.join("best.safetensors");
+    let run = std::process::Command::new(bin)
+        .args([
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(v["images"], 30);
+    let top1 = v["top1"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&top1));
+    assert_eq!(v["top5"], 1.0, "3 classes: top-5 is certain");
+    let confusion = v["confusion"].as_array().unwrap();
+    let total: u64 = confusion
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 30);
+    let diag: u64 = (0..3).map(|i| confusion[i][i].as_u64().unwrap()).sum();
+    assert!((diag as f64 / 30.0 - top1).abs() < 1e-9);
+    assert_eq!(v["per_class"][1]["class"], "cat");
+    // A folder the checkpoint does not know is an error.
+    std::fs::create_dir_all(data.join("zebra")).unwrap();
+    std::fs::copy(
+        data.join("cat")
+            .read_dir()
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path(),
+        data.join("zebra/a.jpg"),
+    )
+    .unwrap();
+    let run = std::process::Command::new(bin)
+        .args([
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        err.contains("zebra") && err.contains("not one of the checkpoint's 3 classes"),
+        "{err}"
+    );
+}
