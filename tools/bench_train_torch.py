@@ -2,6 +2,7 @@
 network), for comparison with sknet's training throughput on the same machine.
 
     python tools/bench_train_torch.py --arch sknet-tiny --batch 64 --steps 10 [--threads 2]
+    python tools/bench_train_torch.py --config models/cifar10-config.json
 """
 import argparse
 import json
@@ -22,13 +23,18 @@ SKNET = os.environ.get("SKNET_BIN", os.path.join(ROOT, "target", "debug", "sknet
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sknet-tiny")
+    ap.add_argument("--config", help="sknet config JSON (overrides --arch)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = json.loads(subprocess.check_output([SKNET, "config", "--arch", args.arch]))
+    if args.config:
+        with open(args.config) as f:
+            cfg = json.load(f)
+    else:
+        cfg = json.loads(subprocess.check_output([SKNET, "config", "--arch", args.arch]))
     cfg["num_classes"] = args.classes
     model = PaperSKNet(cfg).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -45,7 +51,7 @@ def main():
         times.append(time.perf_counter() - t)
     times = sorted(times[2:])
     med = times[len(times) // 2]
-    print(json.dumps({"arch": args.arch, "batch": args.batch, "threads": args.threads, "median_step_s": med,
+    print(json.dumps({"arch": cfg["name"], "batch": args.batch, "threads": args.threads, "median_step_s": med,
                       "images_per_s": args.batch / med}))
 
 

@@ -412,31 +412,17 @@ pub fn train(
         bar.finish_and_clear();
         let train_secs = train_start.elapsed().as_secs_f64();
         let valid = model.valid();
-        let report: EvalReport = if val_idx.is_empty() {
-            evaluate(
-                &valid,
-                data.clone(),
-                &[],
-                &identity,
-                &data.classes,
-                &s.preprocess,
-                64,
-                s.workers,
-                &inner,
-            )
-        } else {
-            evaluate(
-                &valid,
-                data.clone(),
-                &val_idx,
-                &identity,
-                &data.classes,
-                &s.preprocess,
-                64,
-                s.workers,
-                &inner,
-            )
-        };
+        let report: EvalReport = evaluate(
+            &valid,
+            data.clone(),
+            &val_idx,
+            &identity,
+            &data.classes,
+            &s.preprocess,
+            64,
+            s.workers,
+            &inner,
+        );
         let m = EpochMetrics {
             epoch: epoch + 1,
             lr,
