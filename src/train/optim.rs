@@ -22,10 +22,9 @@ pub struct SgdConfig {
 }
 
 /// Momentum buffers, by parameter key (so that they can be checkpointed by name).
-#[derive(Default)]
 pub struct Sgd {
     /// Settings.
-    pub config: Option<SgdConfig>,
+    pub config: SgdConfig,
     /// `key -> flattened momentum buffer`.
     pub buffers: HashMap<String, Tensor<1>>,
 }
@@ -93,18 +92,17 @@ impl Sgd {
     /// A new optimizer.
     pub fn new(config: SgdConfig) -> Self {
         Self {
-            config: Some(config),
+            config,
             buffers: HashMap::new(),
         }
     }
 
     /// One step at learning rate `lr`.
     pub fn step(&mut self, model: SkNet, grads: GradientsParams, lr: f64) -> SkNet {
-        let config = self.config.expect("configured");
         let mut step = Step {
             tracker: PathTracker::default(),
             grads,
-            config,
+            config: self.config,
             lr,
             buffers: &mut self.buffers,
         };
