@@ -74,6 +74,8 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Evaluate weights on a labelled image folder: top-1, top-5, loss, per class, confusion.
     Eval(EvalArgs),
+    /// Time inference or a training step: median ms, images/s, peak memory.
+    Bench(BenchArgs),
     /// Print the config of a preset (JSON, or TOML with --toml), to edit and pass to --config.
     Config {
         /// Preset name.
@@ -214,6 +216,35 @@ pub struct TrainArgs {
     /// Stop after this many epochs in this invocation (continue later with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
+}
+
+/// `sknet bench` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Preset (see `sknet archs`).
+    #[arg(long, default_value = "sknet50")]
+    pub arch: String,
+    /// A JSON or TOML config; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Input size `S` or `HxW` (default: the network's).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Time a training step (forward, backward, SGD update) instead of inference.
+    #[arg(long)]
+    pub train: bool,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `sknet eval` arguments.
@@ -616,6 +647,33 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         Command::Predict(args) => predict(args),
         Command::Export(args) => export(args),
         Command::Train(args) => train(*args),
+        Command::Bench(args) => {
+            let mut config = match &args.config {
+                Some(path) => NetworkConfig::from_file(path)?,
+                None => presets::by_name(&args.arch)?,
+            };
+            if let Some(size) = &args.input {
+                config.default_input = parse_input_size(size)?;
+            }
+            if args.batch == 0 || args.runs == 0 {
+                return Err(CliError::Argument {
+                    arg: "--batch / --runs".into(),
+                    message: "must be >= 1".into(),
+                });
+            }
+            let model = SkNet::new(&config, &default_device())?;
+            let [h, w] = config.default_input;
+            model.check_input(&[args.batch, config.in_channels, h, w])?;
+            let r = crate::bench::bench(&config, args.batch, args.train, args.warmup, args.runs);
+            Ok(if args.json {
+                serde_json::to_string(&r).expect("result") + "\n"
+            } else {
+                format!(
+                    "{} {} batch {} at {}x{} on {}: median {:.1} ms, {:.1} images/s, peak RSS {:.0} MiB\n",
+                    r.arch, r.mode, r.batch, h, w, r.backend, r.median_ms, r.images_per_s, r.peak_rss_mb
+                )
+            })
+        }
         Command::Eval(args) => eval(args),
         Command::Config { arch, toml } => {
             let config = presets::by_name(&arch)?;

@@ -20,6 +20,7 @@
 //! let logits = model.forward(x); // [1, 1000]
 //! ```
 
+pub mod bench;
 pub mod blocks;
 pub mod cli;
 pub mod config;

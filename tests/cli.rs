@@ -301,3 +301,33 @@ fn bad_images_and_weights_are_clear_errors() {
         "{err}"
     );
 }
+
+#[test]
+fn bench_reports_median_throughput_and_memory() {
+    for extra in [&[][..], &["--train"][..]] {
+        let mut args = vec![
+            "bench",
+            "--arch",
+            "sknet-tiny",
+            "--batch",
+            "2",
+            "--runs",
+            "2",
+            "--warmup",
+            "1",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let (code, out, err) = sknet(&args);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let ms = v["median_ms"].as_f64().unwrap();
+        assert!(ms > 0.0);
+        let ips = v["images_per_s"].as_f64().unwrap();
+        assert!((ips - 2.0 / (ms / 1e3)).abs() / ips < 1e-6);
+        assert!(v["peak_rss_mb"].as_f64().unwrap() > 1.0);
+    }
+    let (code, _, err) = sknet(&["bench", "--arch", "sknet50", "--input", "3"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("too small"), "{err}");
+}

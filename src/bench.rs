@@ -1,0 +1,114 @@
+//! `sknet bench`: median latency, throughput and peak memory of inference or a training step.
+
+use std::time::Instant;
+
+use burn::optim::GradientsParams;
+use burn::tensor::{Distribution, Tensor};
+use serde::Serialize;
+
+use crate::config::NetworkConfig;
+use crate::model::SkNet;
+use crate::train::optim::{Sgd, SgdConfig};
+
+/// One benchmark's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Network.
+    pub arch: String,
+    /// `inference` or `train`.
+    pub mode: &'static str,
+    /// Batch size.
+    pub batch: usize,
+    /// Input `[height, width]`.
+    pub input: [usize; 2],
+    /// Timed repetitions (after warm-up).
+    pub runs: usize,
+    /// Median wall time of one forward (or training step), in milliseconds.
+    pub median_ms: f64,
+    /// `batch / median`.
+    pub images_per_s: f64,
+    /// Peak resident memory of the process, in MiB (Linux `VmHWM`).
+    pub peak_rss_mb: f64,
+    /// Compute backend.
+    pub backend: &'static str,
+}
+
+/// Peak resident set size of this process in MiB, when the OS reports it.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times `runs` forwards (or SGD steps with `train`) after `warmup` untimed ones.
+pub fn bench(
+    config: &NetworkConfig,
+    batch: usize,
+    train: bool,
+    warmup: usize,
+    runs: usize,
+) -> BenchResult {
+    let [h, w] = config.default_input;
+    let mut times = Vec::with_capacity(runs);
+    if train {
+        let device = crate::device::training_device();
+        let mut model =
+            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
+        let mut sgd = Sgd::new(SgdConfig {
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 1e-4,
+        });
+        for i in 0..warmup + runs {
+            let x = Tensor::<4>::random(
+                [batch, config.in_channels, h, w],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let t = Instant::now();
+            let loss = model.forward(x).powf_scalar(2.0).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = sgd.step(model, grads, 0.01);
+            // Wait for the update to be computed.
+            let _ = model.fc.weight.val().into_data();
+            if i >= warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    } else {
+        let device = crate::device::default_device();
+        let model =
+            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
+        let x = Tensor::<4>::random(
+            [batch, config.in_channels, h, w],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        for i in 0..warmup + runs {
+            let t = Instant::now();
+            let _ = model.forward(x.clone()).into_data();
+            if i >= warmup {
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    BenchResult {
+        arch: config.name.clone(),
+        mode: if train { "train" } else { "inference" },
+        batch,
+        input: [h, w],
+        runs,
+        median_ms: median * 1e3,
+        images_per_s: batch as f64 / median,
+        peak_rss_mb: peak_rss_mb(),
+        backend: crate::device::backend_name(),
+    }
+}

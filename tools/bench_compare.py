@@ -1,0 +1,88 @@
+"""sknet against PyTorch (timm), in one run, on this machine, with the same thread count.
+
+    cargo build --release && python tools/bench_compare.py [--threads 2] [--runs 5]
+
+Each case runs in a fresh process on each side (so peak memory is the case's own): inference at batch 1 and 8
+(224x224) of skresnext50_32x4d (the paper's SKNet-50 compute) and batch 1 of skresnet18, a training step at batch
+8 (224x224) of skresnext50_32x4d, and one at batch 32 (32x32) of sknet-tiny (PyTorch: tools/paper_sknet.py).
+Prints a Markdown table with medians, images/s, peak RSS and the sknet/PyTorch time ratio.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SKNET = os.environ.get("SKNET_BIN", os.path.join(ROOT, "target", "release", "sknet"))
+
+TORCH_CASE = r'''
+import json, os, resource, sys, time, subprocess
+import torch, timm
+sys.path.insert(0, {tools!r})
+from paper_sknet import PaperSKNet
+torch.set_num_threads({threads})
+arch, batch, size, train, runs = {arch!r}, {batch}, {size}, {train}, {runs}
+if arch == "sknet-tiny":
+    cfg = json.loads(subprocess.check_output([{sknet!r}, "config", "--arch", arch]))
+    m = PaperSKNet(cfg)
+else:
+    m = timm.create_model(arch)
+x = torch.randn(batch, 3, size, size)
+times = []
+if train:
+    m.train()
+    opt = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    for i in range(runs + 1):
+        t = time.perf_counter()
+        opt.zero_grad()
+        m(x).pow(2).mean().backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+else:
+    m.eval()
+    with torch.inference_mode():
+        for i in range(runs + 2):
+            t = time.perf_counter()
+            m(x)
+            times.append(time.perf_counter() - t)
+times = sorted(times[(1 if train else 2):])
+med = times[len(times) // 2]
+print(json.dumps({{"median_ms": med * 1e3, "images_per_s": batch / med,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+'''
+
+CASES = [
+    ("inference", "skresnext50_32x4d", 1, 224),
+    ("inference", "skresnext50_32x4d", 8, 224),
+    ("inference", "skresnet18", 1, 224),
+    ("train", "skresnext50_32x4d", 8, 224),
+    ("train", "sknet-tiny", 32, 32),
+]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args()
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    print(f"threads: {args.threads}, runs: {args.runs} (median)\n")
+    print("| case | sknet ms | PyTorch ms | sknet/PyTorch | sknet img/s | PyTorch img/s | sknet peak MiB | PyTorch peak MiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for mode, arch, batch, size in CASES:
+        cmd = [SKNET, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size), "--runs",
+               str(args.runs), "--warmup", "1" if mode == "train" else "2", "--json"]
+        if mode == "train":
+            cmd.append("--train")
+        ours = json.loads(subprocess.check_output(cmd, env=env))
+        code = TORCH_CASE.format(tools=os.path.dirname(os.path.abspath(__file__)), threads=args.threads, arch=arch,
+                                 batch=batch, size=size, train=mode == "train", runs=args.runs, sknet=SKNET)
+        theirs = json.loads(subprocess.check_output([sys.executable, "-c", code], env=env))
+        print(f"| {mode} {arch} b{batch} {size}x{size} | {ours['median_ms']:.0f} | {theirs['median_ms']:.0f} | "
+              f"{ours['median_ms'] / theirs['median_ms']:.2f} | {ours['images_per_s']:.1f} | "
+              f"{theirs['images_per_s']:.1f} | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
