@@ -327,17 +327,21 @@ impl SkNet {
 
     /// Spatial size after the stem (before pooling), after pooling and after every block.
     pub(crate) fn trace_shapes(&self, h: usize, w: usize) -> Result<ShapeTrace, InputError> {
-        let too_small = |layer: &str| InputError::TooSmall {
+        self.trace(h, w).map_err(|layer| InputError::TooSmall {
             arch: self.config.name.clone(),
             height: h,
             width: w,
-            layer: layer.to_string(),
+            layer,
             min_side: self.min_input_side(),
-        };
-        let stem = self.conv1.out_hw(h, w).ok_or_else(|| too_small("conv1"))?;
+        })
+    }
+
+    /// Spatial sizes through the network, or the first layer whose map vanishes.
+    fn trace(&self, h: usize, w: usize) -> Result<ShapeTrace, String> {
+        let stem = self.conv1.out_hw(h, w).ok_or("conv1")?;
         let pooled = match (self.pool_out_len(stem.0), self.pool_out_len(stem.1)) {
             (Some(a), Some(b)) => (a, b),
-            _ => return Err(too_small("maxpool")),
+            _ => return Err("maxpool".into()),
         };
         let mut blocks = Vec::new();
         let mut cur = pooled;
@@ -345,7 +349,7 @@ impl SkNet {
             for (j, block) in stage.iter().enumerate() {
                 cur = block
                     .out_hw(cur.0, cur.1)
-                    .ok_or_else(|| too_small(&format!("layer{}.{j}", i + 1)))?;
+                    .ok_or_else(|| format!("layer{}.{j}", i + 1))?;
                 blocks.push(cur);
             }
         }
@@ -360,26 +364,9 @@ impl SkNet {
     pub fn min_input_side(&self) -> usize {
         // Every layer here maps a size >= 1 to a size >= 1 except where a window does not fit,
         // so the answer is small: search upwards.
-        (1..=4096).find(|&s| self.shape_ok(s)).unwrap_or(usize::MAX)
-    }
-
-    fn shape_ok(&self, s: usize) -> bool {
-        let Some(stem) = self.conv1.out_hw(s, s) else {
-            return false;
-        };
-        let Some(p) = self.pool_out_len(stem.0) else {
-            return false;
-        };
-        let mut cur = (p, p);
-        for stage in self.stages() {
-            for block in stage {
-                match block.out_hw(cur.0, cur.1) {
-                    Some(next) => cur = next,
-                    None => return false,
-                }
-            }
-        }
-        true
+        (1..=4096)
+            .find(|&s| self.trace(s, s).is_ok())
+            .unwrap_or(usize::MAX)
     }
 }
 

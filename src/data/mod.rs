@@ -259,12 +259,14 @@ impl Dataset {
     /// Splits into (train, validation) indices: the last `per_class` items of every class
     /// (in sorted file order) are held out. Deterministic.
     pub fn split(&self, per_class: usize) -> Result<(Vec<usize>, Vec<usize>), DataError> {
+        // One pass to group indices by class (datasets can hold millions of items).
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); self.classes.len()];
+        for (i, (_, label)) in self.items.iter().enumerate() {
+            by_class[*label].push(i);
+        }
         let mut train = Vec::new();
         let mut val = Vec::new();
-        for label in 0..self.classes.len() {
-            let idx: Vec<usize> = (0..self.len())
-                .filter(|&i| self.items[i].1 == label)
-                .collect();
+        for (label, idx) in by_class.iter().enumerate() {
             if per_class > 0 && idx.len() <= per_class {
                 return Err(invalid(
                     &self.root,

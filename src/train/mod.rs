@@ -126,7 +126,7 @@ pub struct TrainState {
 }
 
 /// One epoch's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochMetrics {
     /// Epoch (1-based).
     pub epoch: usize,
@@ -483,35 +483,12 @@ pub fn train(
 }
 
 fn read_history(path: &Path, upto: usize) -> Vec<EpochMetrics> {
-    #[derive(Deserialize)]
-    struct Row {
-        epoch: usize,
-        lr: f64,
-        train_loss: f64,
-        train_top1: f64,
-        val_loss: f64,
-        val_top1: f64,
-        val_top5: f64,
-        images_per_s: f64,
-        seconds: f64,
-    }
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
     text.lines()
-        .filter_map(|l| serde_json::from_str::<Row>(l).ok())
-        .filter(|r| r.epoch <= upto)
-        .map(|r| EpochMetrics {
-            epoch: r.epoch,
-            lr: r.lr,
-            train_loss: r.train_loss,
-            train_top1: r.train_top1,
-            val_loss: r.val_loss,
-            val_top1: r.val_top1,
-            val_top5: r.val_top5,
-            images_per_s: r.images_per_s,
-            seconds: r.seconds,
-        })
+        .filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok())
+        .filter(|m| m.epoch <= upto)
         .collect()
 }
 

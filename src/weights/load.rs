@@ -229,8 +229,7 @@ pub fn state_dict(model: &SkNet) -> Vec<(String, OutTensor)> {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .expect("f32 tensor");
-        let is_var =
-            key.ends_with(".running_var") && t.named.role == super::paths::TensorRole::RunningVar;
+        let is_var = t.named.role == super::paths::TensorRole::RunningVar;
         out.push((key.clone(), OutTensor::F32(t.named.shape, data)));
         if is_var {
             let prefix = key.trim_end_matches("running_var");
