@@ -83,8 +83,10 @@ pub fn bench(
         }
     } else {
         let device = crate::device::default_device();
+        // Inference runs the BN-folded network, as `sknet predict` and `sknet eval` do.
         let model =
-            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
+            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0)
+                .fold_batchnorm();
         let x = Tensor::<4>::random(
             [batch, config.in_channels, h, w],
             Distribution::Normal(0.0, 1.0),

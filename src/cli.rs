@@ -345,7 +345,7 @@ pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result
 fn predict(args: PredictArgs) -> Result<String, CliError> {
     let device = default_device();
     let loaded = load_weights(&args.weights, &device)?;
-    let model = loaded.model;
+    let model = loaded.model.fold_batchnorm();
     let size = match &args.input {
         Some(text) => parse_input_size(text)?,
         None => model.config.default_input,
@@ -451,7 +451,7 @@ fn train(args: TrainArgs) -> Result<String, CliError> {
 fn eval(args: EvalArgs) -> Result<String, CliError> {
     let device = default_device();
     let loaded = load_weights(&args.weights, &device)?;
-    let model = loaded.model;
+    let model = loaded.model.fold_batchnorm();
     let data = crate::data::Dataset::open(&args.data)?;
     let k = model.config.num_classes;
     let classes = match loaded.classes {

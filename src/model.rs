@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use crate::blocks::{Block, BlockSpec};
 use crate::config::{ConfigError, NetworkConfig, Padding, StemConfig};
-use crate::layers::{BatchNorm2d, Conv2d, ConvGeometry, Linear};
+use crate::layers::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry, Linear};
 
 /// Most stages a network may have: timm's `layer1` .. `layer4`.
 pub const MAX_STAGES: usize = 4;
@@ -170,6 +170,33 @@ impl SkNet {
             fc: Linear::new(in_ch, config.num_classes, true, device),
             config: config.clone(),
         })
+    }
+
+    /// Folds every BatchNorm that follows a convolution into that convolution's weight and bias
+    /// (the stem, every conv+BN pair of the blocks and SK branches, the BN on the SK unit's z, the
+    /// projection shortcuts), which saves one pass over the activations per BN at inference.
+    ///
+    /// The folded network computes what the original computes in evaluation mode. It is for
+    /// inference only: its conv weights include the BN statistics, so it must not be trained or
+    /// exported (the folded BNs keep their values but no longer apply them). Folding twice
+    /// changes nothing.
+    pub fn fold_batchnorm(self) -> Self {
+        let (conv1, bn1) = fold_into_conv(self.conv1, self.bn1);
+        let fold = |stage: Vec<Block>| stage.into_iter().map(Block::fold_batchnorm).collect();
+        Self {
+            conv1,
+            bn1,
+            layer1: fold(self.layer1),
+            layer2: fold(self.layer2),
+            layer3: fold(self.layer3),
+            layer4: fold(self.layer4),
+            ..self
+        }
+    }
+
+    /// Whether [`SkNet::fold_batchnorm`] has been applied.
+    pub fn is_batchnorm_folded(&self) -> bool {
+        self.bn1.folded
     }
 
     /// The non-empty stages, in order.

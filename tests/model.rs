@@ -118,3 +118,38 @@ fn eval_mode_uses_running_statistics() {
     assert!(err < 1e-5, "{err}");
     let _: Tensor<2> = model.predict_proba(input(&[1, 3, 32, 32], &device));
 }
+
+#[test]
+fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
+    use sknet::blocks::Block;
+    let device = Device::flex();
+    for name in ["skresnet18", "skresnext50_32x4d", "keras-seed"] {
+        let model = tiny(name, &device);
+        let x = input(&[2, 3, 64, 64], &device);
+        let want = to_vec(model.forward(x.clone()));
+        let folded = model.fold_batchnorm();
+        assert!(folded.bn1.folded, "{name}: stem");
+        for (i, block) in folded.layer1.iter().chain(&folded.layer2).enumerate() {
+            let sk = block.selective_kernel();
+            assert!(sk.paths.iter().all(|p| p.bn.folded), "{name} block {i}: SK branches");
+            assert!(sk.attn.bn.as_ref().is_none_or(|bn| bn.folded), "{name} block {i}: z");
+            let (convs, projection) = match block {
+                Block::Basic(b) => (vec![&b.conv2], &b.downsample),
+                Block::Bottleneck(b) => (vec![&b.conv1, &b.conv3], &b.downsample),
+                Block::KerasSeed(b) => {
+                    // The BN after the SK unit follows no convolution: it stays.
+                    assert!(!b.bn2.folded, "{name} block {i}: bn2");
+                    (vec![&b.conv1, &b.conv3], &b.downsample)
+                }
+            };
+            assert!(convs.iter().all(|c| c.bn.folded && c.conv.bias.is_some()), "{name} block {i}");
+            assert!(projection.as_ref().is_none_or(|(_, bn)| bn.folded), "{name} block {i}: projection");
+        }
+        let got = to_vec(folded.clone().forward(x.clone()));
+        let err = common::rel_err(&got, &want);
+        assert!(err < 1e-5, "{name}: folded logits rel err {err:.2e}");
+        // Folding twice changes nothing.
+        let again = to_vec(folded.fold_batchnorm().forward(x));
+        assert_eq!(again, got, "{name}: second fold");
+    }
+}

@@ -5,13 +5,16 @@
 Each case runs in a fresh process on each side (so peak memory is the case's own): inference at batch 1 and 8
 (224x224) of skresnext50_32x4d (the paper's SKNet-50 compute) and batch 1 of skresnet18, a training step at batch
 8 (224x224) of skresnext50_32x4d, and one at batch 32 (32x32) of sknet-tiny (PyTorch: tools/paper_sknet.py).
-Prints a Markdown table with medians, images/s, peak RSS and the sknet/PyTorch time ratio.
+Inference cases also run ONNX Runtime on the timm model exported with torch.onnx (pip install onnx onnxruntime
+onnxscript; the column is left out when it is not installed). Prints a Markdown table with medians, images/s, peak
+RSS and the time ratios sknet/PyTorch and sknet/ONNX Runtime.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKNET = os.environ.get("SKNET_BIN", os.path.join(ROOT, "target", "release", "sknet"))
@@ -52,6 +55,34 @@ print(json.dumps({{"median_ms": med * 1e3, "images_per_s": batch / med,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 '''
 
+ORT_EXPORT = r'''
+import torch, timm
+m = timm.create_model({arch!r}).eval()
+x = torch.randn({batch}, 3, {size}, {size})
+torch.onnx.export(m, (x,), {path!r}, input_names=["x"], output_names=["logits"], dynamo=False)
+'''
+
+# Runs in its own process without torch, so that its peak memory is ONNX Runtime's own.
+ORT_CASE = r'''
+import json, resource, time
+import numpy as np, onnxruntime as ort
+opts = ort.SessionOptions()
+opts.intra_op_num_threads = {threads}
+opts.inter_op_num_threads = 1
+sess = ort.InferenceSession({path!r}, opts, providers=["CPUExecutionProvider"])
+batch, runs = {batch}, {runs}
+feed = {{"x": np.random.default_rng(0).standard_normal((batch, 3, {size}, {size})).astype(np.float32)}}
+times = []
+for i in range(runs + 2):
+    t = time.perf_counter()
+    sess.run(None, feed)
+    times.append(time.perf_counter() - t)
+times = sorted(times[2:])
+med = times[len(times) // 2]
+print(json.dumps({{"median_ms": med * 1e3, "images_per_s": batch / med,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+'''
+
 CASES = [
     ("inference", "skresnext50_32x4d", 1, 224),
     ("inference", "skresnext50_32x4d", 8, 224),
@@ -67,22 +98,40 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    try:
+        import onnxruntime  # noqa: F401
+        with_ort = True
+    except ImportError:
+        with_ort = False
     print(f"threads: {args.threads}, runs: {args.runs} (median)\n")
-    print("| case | sknet ms | PyTorch ms | sknet/PyTorch | sknet img/s | PyTorch img/s | sknet peak MiB | PyTorch peak MiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    ort_head = " ORT ms | sknet/ORT | ORT peak MiB |" if with_ort else ""
+    print("| case | sknet ms | PyTorch ms | sknet/PyTorch |" + ort_head +
+          " sknet img/s | PyTorch img/s | sknet peak MiB | PyTorch peak MiB |")
+    print("|---|---|---|---|" + ("---|---|---|" if with_ort else "") + "---|---|---|---|")
+    tools = os.path.dirname(os.path.abspath(__file__))
     for mode, arch, batch, size in CASES:
         cmd = [SKNET, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size), "--runs",
                str(args.runs), "--warmup", "1" if mode == "train" else "2", "--json"]
         if mode == "train":
             cmd.append("--train")
         ours = json.loads(subprocess.check_output(cmd, env=env))
-        code = TORCH_CASE.format(tools=os.path.dirname(os.path.abspath(__file__)), threads=args.threads, arch=arch,
-                                 batch=batch, size=size, train=mode == "train", runs=args.runs, sknet=SKNET)
+        code = TORCH_CASE.format(tools=tools, threads=args.threads, arch=arch, batch=batch, size=size,
+                                 train=mode == "train", runs=args.runs, sknet=SKNET)
         theirs = json.loads(subprocess.check_output([sys.executable, "-c", code], env=env))
+        ort_cells = ""
+        if with_ort:
+            ort_cells = " - | - | - |"
+            if mode == "inference":
+                path = os.path.join(tempfile.mkdtemp(), f"{arch}-b{batch}.onnx")
+                export = ORT_EXPORT.format(arch=arch, batch=batch, size=size, path=path)
+                subprocess.check_call([sys.executable, "-c", export], env=env, stderr=subprocess.DEVNULL)
+                code = ORT_CASE.format(threads=args.threads, batch=batch, size=size, runs=args.runs, path=path)
+                onnx = json.loads(subprocess.check_output([sys.executable, "-c", code], env=env))
+                ort_cells = (f" {onnx['median_ms']:.0f} | {ours['median_ms'] / onnx['median_ms']:.2f} | "
+                             f"{onnx['peak_rss_mb']:.0f} |")
         print(f"| {mode} {arch} b{batch} {size}x{size} | {ours['median_ms']:.0f} | {theirs['median_ms']:.0f} | "
-              f"{ours['median_ms'] / theirs['median_ms']:.2f} | {ours['images_per_s']:.1f} | "
+              f"{ours['median_ms'] / theirs['median_ms']:.2f} |{ort_cells} {ours['images_per_s']:.1f} | "
               f"{theirs['images_per_s']:.1f} | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} |", flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::shortcut::{projection_macs, projection_params, shortcut, Projection};
+use super::shortcut::{fold_projection, projection_macs, projection_params, shortcut, Projection};
 use super::BlockSpec;
 use crate::layers::selective_kernel::SelectiveKernelConfig;
 use crate::layers::{ConvGeometry, ConvNormAct, SelectiveKernel};
@@ -46,6 +46,15 @@ impl BasicBlock {
             conv1,
             conv2,
             downsample: spec.projection(device),
+        }
+    }
+
+    /// Folds every BN that follows a convolution into it, for inference.
+    pub fn fold_batchnorm(self) -> Self {
+        Self {
+            conv1: self.conv1.fold_batchnorm(),
+            conv2: self.conv2.fold_batchnorm(),
+            downsample: fold_projection(self.downsample),
         }
     }
 

@@ -5,7 +5,7 @@ use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::basic::sum_params;
-use super::shortcut::{projection_macs, projection_params, shortcut, Projection};
+use super::shortcut::{fold_projection, projection_macs, projection_params, shortcut, Projection};
 use super::BlockSpec;
 use crate::layers::selective_kernel::SelectiveKernelConfig;
 use crate::layers::{ConvGeometry, ConvNormAct, SelectiveKernel};
@@ -57,6 +57,16 @@ impl BottleneckBlock {
                 device,
             ),
             downsample: spec.projection(device),
+        }
+    }
+
+    /// Folds every BN that follows a convolution into it, for inference.
+    pub fn fold_batchnorm(self) -> Self {
+        Self {
+            conv1: self.conv1.fold_batchnorm(),
+            conv2: self.conv2.fold_batchnorm(),
+            conv3: self.conv3.fold_batchnorm(),
+            downsample: fold_projection(self.downsample),
         }
     }
 

@@ -106,6 +106,15 @@ impl Block {
         each_block!(self, b => b.forward(input, attention))
     }
 
+    /// Folds every BN that follows a convolution into it, for inference.
+    pub fn fold_batchnorm(self) -> Self {
+        match self {
+            Block::Basic(b) => Block::Basic(b.fold_batchnorm()),
+            Block::Bottleneck(b) => Block::Bottleneck(b.fold_batchnorm()),
+            Block::KerasSeed(b) => Block::KerasSeed(b.fold_batchnorm()),
+        }
+    }
+
     /// Output `(height, width)` for an input of `(height, width)`; `None` if too small.
     pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         each_block!(self, b => b.out_hw(h, w))

@@ -3,7 +3,7 @@
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{NormConfig, Padding};
-use crate::layers::{BatchNorm2d, Conv2d, ConvGeometry};
+use crate::layers::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry};
 
 /// `(conv, bn)`: a tuple, so that its parameter paths are `downsample.0.weight` and
 /// `downsample.1.*`, as in timm's `nn.Sequential`.
@@ -32,6 +32,11 @@ pub fn shortcut(projection: &Option<Projection>, input: Tensor<4>) -> Tensor<4> 
         Some((conv, bn)) => bn.forward(conv.forward(input)),
         None => input,
     }
+}
+
+/// Folds the projection's BN into its conv, for inference.
+pub fn fold_projection(projection: Option<Projection>) -> Option<Projection> {
+    projection.map(|(conv, bn)| fold_into_conv(conv, bn))
 }
 
 /// (trainable, non-trainable) parameters of an optional projection.

@@ -7,7 +7,15 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
+use super::direct_conv::conv2d_direct;
 use crate::config::Padding;
+
+/// Whether the direct CPU kernel may compute this forward pass: the Flex backend (the only
+/// CPU backend of these builds, and the default device without a GPU feature) without autodiff.
+fn direct_conv_applies(input: &Tensor<4>) -> bool {
+    cfg!(not(any(feature = "vulkan", feature = "wgpu", feature = "cuda")))
+        && !input.device().is_autodiff()
+}
 
 /// Geometry of a convolution: everything but its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,15 +149,27 @@ impl Conv2d {
     }
 
     /// Applies the convolution.
+    ///
+    /// Grouped convolutions in CPU inference go through [`conv2d_direct`], which is several times
+    /// faster than burn-flex's per-group gemm for the SK unit's narrow groups; everything else
+    /// (training, dense convs, GPU backends) uses burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = input.dims();
         let g = self.geometry;
-        let options = ConvOptions::new_with_padding(
-            [g.stride, g.stride],
-            [g.pads(h), g.pads(w)],
-            [g.dilation, g.dilation],
-            g.groups,
-        );
+        let pads = [g.pads(h), g.pads(w)];
+        if g.groups > 1 && direct_conv_applies(&input) {
+            return conv2d_direct(
+                input,
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+                g.stride,
+                g.dilation,
+                pads,
+                g.groups,
+            );
+        }
+        let options =
+            ConvOptions::new_with_padding([g.stride, g.stride], pads, [g.dilation, g.dilation], g.groups);
         conv2d(
             input,
             self.weight.val(),

@@ -5,7 +5,7 @@ use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
-use super::{BatchNorm2d, Conv2d, ConvGeometry};
+use super::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry};
 use crate::config::NormConfig;
 
 /// `act(bn(conv(x)))`.
@@ -51,6 +51,12 @@ impl ConvNormAct {
         } else {
             x
         }
+    }
+
+    /// Folds the BN into the conv, for inference (see [`fold_into_conv`]).
+    pub fn fold_batchnorm(self) -> Self {
+        let (conv, bn) = fold_into_conv(self.conv, self.bn);
+        Self { conv, bn, ..self }
     }
 
     /// (trainable, non-trainable) parameter counts.

@@ -3,6 +3,7 @@
 
 mod conv;
 mod conv_norm_act;
+pub mod direct_conv;
 mod linear;
 mod norm;
 pub mod selective_kernel;
@@ -10,5 +11,5 @@ pub mod selective_kernel;
 pub use conv::{Conv2d, ConvGeometry};
 pub use conv_norm_act::ConvNormAct;
 pub use linear::Linear;
-pub use norm::BatchNorm2d;
+pub use norm::{fold_into_conv, BatchNorm2d};
 pub use selective_kernel::{SelectiveKernel, SelectiveKernelAttn};

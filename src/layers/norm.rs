@@ -5,6 +5,7 @@ use burn::nn::Initializer;
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Device, Tensor};
 
+use super::Conv2d;
 use crate::config::NormConfig;
 
 /// Batch normalization over the channel axis (axis 1).
@@ -35,6 +36,10 @@ pub struct BatchNorm2d {
     /// eps, momentum, variance convention.
     #[module(skip)]
     pub config: NormConfig,
+    /// Set by [`fold_into_conv`]: the preceding convolution already applies this normalization,
+    /// so `forward` passes its input through.
+    #[module(skip)]
+    pub folded: bool,
 }
 
 impl BatchNorm2d {
@@ -47,6 +52,7 @@ impl BatchNorm2d {
             running_var: RunningState::new(Tensor::ones([channels], device)),
             training: Param::from_bool(true),
             config,
+            folded: false,
         }
     }
 
@@ -57,6 +63,9 @@ impl BatchNorm2d {
 
     /// Applies the normalization.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        if self.folded {
+            return input;
+        }
         let device = input.device();
         if !(device.is_autodiff() && self.training.is_enabled()) {
             return batch_norm(
@@ -110,4 +119,36 @@ impl BatchNorm2d {
         let c = self.channels();
         (2 * c, 2 * c)
     }
+}
+/// Folds inference-mode `bn` into the convolution `conv` that feeds it, for inference.
+///
+/// With `s = weight / sqrt(running_var + eps)`, the convolution becomes `W' = W * s` (per output
+/// channel) and `b' = (b - running_mean) * s + bias`, and the returned BN is marked folded (a
+/// no-op). The pair computes what `bn(conv(x))` computed in evaluation mode, with one pass over
+/// the activations less.
+pub fn fold_into_conv(conv: Conv2d, bn: BatchNorm2d) -> (Conv2d, BatchNorm2d) {
+    if bn.folded {
+        return (conv, bn);
+    }
+    let out = conv.out_channels();
+    let scale = bn
+        .weight
+        .val()
+        .div(bn.running_var.value().add_scalar(bn.config.eps).sqrt());
+    let shift = bn.running_mean.value();
+    let bias = match &conv.bias {
+        Some(b) => b.val().sub(shift),
+        None => shift.neg(),
+    };
+    let bias = bias.mul(scale.clone()).add(bn.bias.val());
+    let weight = conv
+        .weight
+        .val()
+        .mul(scale.reshape([out, 1, 1, 1]));
+    let conv = Conv2d {
+        weight: Param::from_tensor(weight),
+        bias: Some(Param::from_tensor(bias)),
+        geometry: conv.geometry,
+    };
+    (conv, BatchNorm2d { folded: true, ..bn })
 }

@@ -16,7 +16,7 @@ use burn::module::Module;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::{Device, Tensor};
 
-use super::{BatchNorm2d, Conv2d, ConvGeometry, ConvNormAct};
+use super::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry, ConvNormAct};
 use crate::config::{LogitLayout, NormConfig, Padding, SkConfig};
 
 /// Builds a [`SelectiveKernel`].
@@ -164,6 +164,21 @@ impl SelectiveKernelAttn {
         softmax(logits, 1)
     }
 
+    /// Folds the BN on z into `fc_reduce`, for inference.
+    pub fn fold_batchnorm(self) -> Self {
+        match self.bn {
+            Some(bn) => {
+                let (fc_reduce, bn) = fold_into_conv(self.fc_reduce, bn);
+                Self {
+                    fc_reduce,
+                    bn: Some(bn),
+                    ..self
+                }
+            }
+            None => self,
+        }
+    }
+
     /// (trainable, non-trainable) parameter counts.
     pub fn params(&self) -> (usize, usize) {
         let (t, n) = self.bn.as_ref().map_or((0, 0), |bn| bn.params());
@@ -226,6 +241,15 @@ impl SelectiveKernel {
     /// Output only.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.forward_with_attention(input).0
+    }
+
+    /// Folds every BN that follows a convolution into it, for inference.
+    pub fn fold_batchnorm(self) -> Self {
+        Self {
+            paths: self.paths.into_iter().map(ConvNormAct::fold_batchnorm).collect(),
+            attn: self.attn.fold_batchnorm(),
+            ..self
+        }
     }
 
     /// Output channels C.

@@ -411,7 +411,7 @@ pub fn train(
         }
         bar.finish_and_clear();
         let train_secs = train_start.elapsed().as_secs_f64();
-        let valid = model.valid();
+        let valid = model.valid().fold_batchnorm();
         let report: EvalReport = evaluate(
             &valid,
             data.clone(),

@@ -1,0 +1,170 @@
+"""GPU check of sknet's Vulkan build, run by tools/gpu/run_device.sh on a machine with torch and timm.
+
+1. Parity: timm models with random BN statistics are saved as safetensors; `sknet predict --json --topk 1000`
+   on one image gives all class probabilities from the CPU build and from the Vulkan build, and timm on CUDA
+   gives them from the same image and weights. Prints and records the largest differences.
+2. Speed: `sknet-vulkan bench` against PyTorch on CUDA (same GPU, same cases as tools/bench_compare.py, plus
+   inference at batch 64), median of the timed runs after warm-up, with a CUDA synchronize around each run.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PARITY_ARCHS = ["skresnet18", "skresnext50_32x4d"]
+SPEED_CASES = [
+    ("inference", "skresnext50_32x4d", 1, 224),
+    ("inference", "skresnext50_32x4d", 8, 224),
+    ("inference", "skresnext50_32x4d", 64, 224),
+    ("inference", "skresnet18", 1, 224),
+    ("train", "skresnext50_32x4d", 8, 224),
+    ("train", "sknet-tiny", 32, 32),
+]
+
+
+def run_json(cmd, timeout=240):
+    t = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    print(f"  {os.path.basename(cmd[0])} {cmd[1]} done in {time.time() - t:.1f} s", flush=True)
+    return json.loads(proc.stdout)
+
+
+def probabilities(predictions, classes=1000):
+    p = np.zeros(classes)
+    for s in predictions[0]["top"]:
+        p[s["index"]] = s["probability"]
+    return p
+
+
+def parity(args, tmp):
+    image = os.path.join(tmp, "image.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
+    results = {}
+    for arch in PARITY_ARCHS:
+        torch.manual_seed(0)
+        model = timm.create_model(arch).eval()
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+                    m.running_var.uniform_(0.5, 1.5)
+        weights = os.path.join(tmp, f"{arch}.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+        cmd = ["predict", image, "--weights", weights, "--arch", arch, "--topk", "1000", "--json"]
+        cpu = probabilities(run_json([args.cpu_bin] + cmd))
+        gpu = probabilities(run_json([args.gpu_bin] + cmd))
+        cfg = timm.data.resolve_data_config({}, model=model)
+        x = timm.data.create_transform(**cfg)(Image.open(image).convert("RGB")).unsqueeze(0)
+        with torch.no_grad():
+            ref = torch.softmax(model.cuda()(x.cuda()), 1)[0].double().cpu().numpy()
+        results[arch] = {
+            "vulkan_vs_cpu_max_abs": float(np.abs(gpu - cpu).max()),
+            "vulkan_vs_timm_cuda_max_abs": float(np.abs(gpu - ref).max()),
+            "cpu_vs_timm_cuda_max_abs": float(np.abs(cpu - ref).max()),
+            "top1_equal": int(gpu.argmax()) == int(cpu.argmax()) == int(ref.argmax()),
+        }
+        print(arch, json.dumps(results[arch]), flush=True)
+    return results
+
+
+def torch_case(args, mode, arch, batch, size):
+    if arch == "sknet-tiny":
+        sys.path.insert(0, TOOLS)
+        from paper_sknet import PaperSKNet
+
+        cfg = json.loads(subprocess.check_output([args.cpu_bin, "config", "--arch", arch]))
+        model = PaperSKNet(cfg)
+    else:
+        model = timm.create_model(arch)
+    model = model.cuda()
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    times = []
+    if mode == "train":
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+        for i in range(args.warmup + args.runs):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+    else:
+        model.eval()
+        with torch.inference_mode():
+            for i in range(args.warmup + args.runs):
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                model(x)
+                torch.cuda.synchronize()
+                times.append(time.perf_counter() - t)
+    times = sorted(times[args.warmup:])
+    return times[len(times) // 2] * 1e3
+
+
+def speed(args):
+    rows = []
+    for mode, arch, batch, size in SPEED_CASES:
+        cmd = [args.gpu_bin, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size),
+               "--warmup", str(args.warmup), "--runs", str(args.runs), "--json"]
+        if mode == "train":
+            cmd.append("--train")
+        try:
+            ours = run_json(cmd)["median_ms"]
+        except Exception as e:  # noqa: BLE001 - record and go on to the next case
+            print(f"sknet {mode} {arch} b{batch}: {e}", flush=True)
+            ours = None
+        theirs = torch_case(args, mode, arch, batch, size)
+        row = {"case": f"{mode} {arch} b{batch} {size}x{size}", "sknet_vulkan_ms": ours, "pytorch_cuda_ms": theirs,
+               "ratio": ours / theirs if ours else None}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpu-bin", required=True)
+    ap.add_argument("--gpu-bin", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "timm": timm.__version__}
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            report["parity"] = parity(args, tmp)
+        except Exception as e:  # noqa: BLE001 - the timings are still worth having
+            print(f"parity failed: {e}", flush=True)
+            report["parity_error"] = str(e)
+    report["speed"] = speed(args)
+    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    lines = [f"GPU: {report['gpu']}, PyTorch {report['torch']}, timm {report['timm']}", "",
+             "| case | sknet (Vulkan) ms | PyTorch (CUDA) ms | sknet/PyTorch |", "|---|---|---|---|"]
+    for r in report["speed"]:
+        ours = f"{r['sknet_vulkan_ms']:.2f}" if r["sknet_vulkan_ms"] else "failed"
+        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+        lines.append(f"| {r['case']} | {ours} | {r['pytorch_cuda_ms']:.2f} | {ratio} |")
+    with open(os.path.join(args.out, "gpu_results.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    ok = all(p["vulkan_vs_cpu_max_abs"] < 1e-4 and p["top1_equal"] for p in report.get("parity", {}).values())
+    sys.exit(0 if ok and "parity" in report else 1)
+
+
+if __name__ == "__main__":
+    main()
