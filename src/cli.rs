@@ -512,7 +512,7 @@ fn export(args: ExportArgs) -> Result<String, CliError> {
     let loaded = load_weights(&args.weights, &device)?;
     match args.format {
         ExportFormat::Safetensors => {
-            let tensors = load::state_dict(&loaded.model);
+            let tensors = load::state_dict(&loaded.model)?;
             let n = tensors.len();
             let meta = load::export_metadata(&loaded.model, loaded.classes.as_deref());
             write_safetensors(&args.output, tensors, meta)?;

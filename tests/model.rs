@@ -145,6 +145,12 @@ fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
             assert!(convs.iter().all(|c| c.bn.folded && c.conv.bias.is_some()), "{name} block {i}");
             assert!(projection.as_ref().is_none_or(|(_, bn)| bn.folded), "{name} block {i}: projection");
         }
+        // Its weights no longer mean what a checkpoint's do: saving it is refused.
+        let refused = sknet::weights::load::state_dict(&folded);
+        assert!(
+            matches!(refused, Err(sknet::weights::checkpoint::WeightsError::Folded { .. })),
+            "{name}: a folded network must not be saved"
+        );
         let got = to_vec(folded.clone().forward(x.clone()));
         let err = common::rel_err(&got, &want);
         assert!(err < 1e-5, "{name}: folded logits rel err {err:.2e}");

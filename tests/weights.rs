@@ -117,7 +117,7 @@ fn export_round_trips_and_names_the_architecture() {
     let classes: Vec<String> = (0..1000).map(|i| format!("c{i}")).collect();
     write_safetensors(
         &path,
-        load::state_dict(&model),
+        load::state_dict(&model).unwrap(),
         load::export_metadata(&model, Some(&classes)),
     )
     .unwrap();

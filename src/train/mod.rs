@@ -192,7 +192,7 @@ fn save_checkpoint(
     state: &TrainState,
     classes: &[String],
 ) -> Result<(), WeightsError> {
-    let mut tensors: Vec<(String, OutTensor)> = load::state_dict(model)
+    let mut tensors: Vec<(String, OutTensor)> = load::state_dict(model)?
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t))
         .collect();
@@ -229,7 +229,7 @@ fn save_weights(
 ) -> Result<(), WeightsError> {
     write_safetensors(
         path,
-        load::state_dict(model),
+        load::state_dict(model)?,
         weights_metadata(model, classes, pre),
     )
 }
@@ -411,9 +411,9 @@ pub fn train(
         }
         bar.finish_and_clear();
         let train_secs = train_start.elapsed().as_secs_f64();
-        let valid = model.valid().fold_batchnorm();
+        let valid = model.valid();
         let report: EvalReport = evaluate(
-            &valid,
+            &valid.clone().fold_batchnorm(),
             data.clone(),
             &val_idx,
             &identity,

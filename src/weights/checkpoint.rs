@@ -35,6 +35,13 @@ pub enum WeightsError {
         /// What is wrong.
         message: String,
     },
+    /// A network whose BatchNorms are folded into its convs (inference only) cannot be saved:
+    /// its weights no longer have the checkpoint's meaning.
+    #[error("cannot save `{arch}`: its BatchNorms are folded into the convolutions (inference only); save the network before `fold_batchnorm`")]
+    Folded {
+        /// The network.
+        arch: String,
+    },
     /// The file's tensors do not fit the network.
     #[error("{path}: the weights do not fit `{arch}`{hint}\n{report}")]
     Mismatch {

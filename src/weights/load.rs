@@ -219,7 +219,13 @@ pub fn checkpoint_class_names(ckpt: &Checkpoint) -> Result<Option<Vec<String>>, 
 
 /// The network's tensors as a PyTorch state dict: timm's keys, plus a zero
 /// `num_batches_tracked` for every BatchNorm so that `load_state_dict(strict=True)` accepts it.
-pub fn state_dict(model: &SkNet) -> Vec<(String, OutTensor)> {
+/// A BN-folded network is refused ([`WeightsError::Folded`]).
+pub fn state_dict(model: &SkNet) -> Result<Vec<(String, OutTensor)>, WeightsError> {
+    if model.is_batchnorm_folded() {
+        return Err(WeightsError::Folded {
+            arch: model.config.name.clone(),
+        });
+    }
     let mut out = Vec::new();
     for t in flat_tensors(model, None) {
         let key = t.named.path.clone();
@@ -236,7 +242,7 @@ pub fn state_dict(model: &SkNet) -> Vec<(String, OutTensor)> {
             out.push((format!("{prefix}num_batches_tracked"), OutTensor::I64Zero));
         }
     }
-    out
+    Ok(out)
 }
 
 /// Metadata written with exported weights.
