@@ -131,8 +131,14 @@ fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
         assert!(folded.bn1.folded, "{name}: stem");
         for (i, block) in folded.layer1.iter().chain(&folded.layer2).enumerate() {
             let sk = block.selective_kernel();
-            assert!(sk.paths.iter().all(|p| p.bn.folded), "{name} block {i}: SK branches");
-            assert!(sk.attn.bn.as_ref().is_none_or(|bn| bn.folded), "{name} block {i}: z");
+            assert!(
+                sk.paths.iter().all(|p| p.bn.folded),
+                "{name} block {i}: SK branches"
+            );
+            assert!(
+                sk.attn.bn.as_ref().is_none_or(|bn| bn.folded),
+                "{name} block {i}: z"
+            );
             let (convs, projection) = match block {
                 Block::Basic(b) => (vec![&b.conv2], &b.downsample),
                 Block::Bottleneck(b) => (vec![&b.conv1, &b.conv3], &b.downsample),
@@ -142,13 +148,22 @@ fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
                     (vec![&b.conv1, &b.conv3], &b.downsample)
                 }
             };
-            assert!(convs.iter().all(|c| c.bn.folded && c.conv.bias.is_some()), "{name} block {i}");
-            assert!(projection.as_ref().is_none_or(|(_, bn)| bn.folded), "{name} block {i}: projection");
+            assert!(
+                convs.iter().all(|c| c.bn.folded && c.conv.bias.is_some()),
+                "{name} block {i}"
+            );
+            assert!(
+                projection.as_ref().is_none_or(|(_, bn)| bn.folded),
+                "{name} block {i}: projection"
+            );
         }
         // Its weights no longer mean what a checkpoint's do: saving it is refused.
         let refused = sknet::weights::load::state_dict(&folded);
         assert!(
-            matches!(refused, Err(sknet::weights::checkpoint::WeightsError::Folded { .. })),
+            matches!(
+                refused,
+                Err(sknet::weights::checkpoint::WeightsError::Folded { .. })
+            ),
             "{name}: a folded network must not be saved"
         );
         let got = to_vec(folded.clone().forward(x.clone()));

@@ -23,7 +23,10 @@ fn check_eval(name: &str) {
     // The BN-folded network that predict, eval and bench run matches as well.
     let folded = model.clone().fold_batchnorm();
     assert!(folded.is_batchnorm_folded() && !model.is_batchnorm_folded());
-    let err = rel_err(&to_vec(folded.forward(input(&shape, &device))), &floats(&fx["logits"]));
+    let err = rel_err(
+        &to_vec(folded.forward(input(&shape, &device))),
+        &floats(&fx["logits"]),
+    );
     println!("{name}: folded logits rel err {err:.2e}");
     assert!(err < TOLERANCE, "{name}: folded logits rel err {err:.2e}");
     if let Some(expected) = fx.get("attention").and_then(|a| a.as_object()) {

@@ -19,8 +19,11 @@ const DIRECT_MAX_GROUP_CHANNELS: usize = 8;
 /// Whether the direct CPU kernel may compute this forward pass: the Flex backend (the only
 /// CPU backend of these builds, and the default device without a GPU feature) without autodiff.
 fn direct_conv_applies(input: &Tensor<4>) -> bool {
-    cfg!(not(any(feature = "vulkan", feature = "wgpu", feature = "cuda")))
-        && !input.device().is_autodiff()
+    cfg!(not(any(
+        feature = "vulkan",
+        feature = "wgpu",
+        feature = "cuda"
+    ))) && !input.device().is_autodiff()
 }
 
 /// Geometry of a convolution: everything but its weights.
@@ -176,8 +179,12 @@ impl Conv2d {
                 g.groups,
             );
         }
-        let options =
-            ConvOptions::new_with_padding([g.stride, g.stride], pads, [g.dilation, g.dilation], g.groups);
+        let options = ConvOptions::new_with_padding(
+            [g.stride, g.stride],
+            pads,
+            [g.dilation, g.dilation],
+            g.groups,
+        );
         conv2d(
             input,
             self.weight.val(),

@@ -147,7 +147,14 @@ impl Phases {
 /// independent FMA chains to hide the FMA latency.
 const CHUNK: usize = 64;
 
-fn run(plan: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, pads: [(usize, usize); 2], out: &mut [f32]) {
+fn run(
+    plan: &Plan,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    pads: [(usize, usize); 2],
+    out: &mut [f32],
+) {
     let plane = plan.out_h * plan.out_w;
     if plane == 0 {
         return;
@@ -158,7 +165,8 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, pads: [(usize, u
     let run = (plan.out_h - 1) * phases.width + plan.out_w;
     let padded_run = run.div_ceil(CHUNK) * CHUNK;
     #[cfg(target_arch = "x86_64")]
-    let fma = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     #[cfg(not(target_arch = "x86_64"))]
     let fma = false;
     out.par_chunks_mut(plane).enumerate().for_each_init(
@@ -177,7 +185,10 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, pads: [(usize, u
             accumulate_generic(&phases.data, taps, acc);
             let _ = fma;
             let shift = bias.map_or(0.0, |bias| bias[o]);
-            for (dst, src) in out_plane.chunks_mut(plan.out_w).zip(acc.chunks(phases.width)) {
+            for (dst, src) in out_plane
+                .chunks_mut(plan.out_w)
+                .zip(acc.chunks(phases.width))
+            {
                 for (d, &v) in dst.iter_mut().zip(src) {
                     *d = v + shift;
                 }
@@ -188,7 +199,14 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: Option<&[f32]>, pads: [(usize, u
 
 /// Every (input channel, kernel tap) of output channel `o` of image `b`, as (where its run
 /// starts in the phase data, weight).
-fn list_taps(plan: &Plan, phases: &Phases, w: &[f32], b: usize, o: usize, taps: &mut Vec<(usize, f32)>) {
+fn list_taps(
+    plan: &Plan,
+    phases: &Phases,
+    w: &[f32],
+    b: usize,
+    o: usize,
+    taps: &mut Vec<(usize, f32)>,
+) {
     let (k, s, d) = (plan.kernel, plan.stride, plan.dilation);
     let phase_plane = phases.height * phases.width;
     let group = o / plan.group_out;
@@ -210,7 +228,9 @@ fn list_taps(plan: &Plan, phases: &Phases, w: &[f32], b: usize, o: usize, taps: 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn accumulate_fma(data: &[f32], taps: &[(usize, f32)], acc: &mut [f32]) {
-    accumulate(data, taps, acc, |acc, weight, value| value.mul_add(weight, acc));
+    accumulate(data, taps, acc, |acc, weight, value| {
+        value.mul_add(weight, acc)
+    });
 }
 
 fn accumulate_generic(data: &[f32], taps: &[(usize, f32)], acc: &mut [f32]) {
@@ -220,7 +240,12 @@ fn accumulate_generic(data: &[f32], taps: &[(usize, f32)], acc: &mut [f32]) {
 /// `acc[j] = sum over taps of weight * data[start + j]`, a chunk at a time: each chunk of
 /// outputs stays in registers across all the taps and is stored once.
 #[inline(always)]
-fn accumulate(data: &[f32], taps: &[(usize, f32)], acc: &mut [f32], madd: impl Fn(f32, f32, f32) -> f32 + Copy) {
+fn accumulate(
+    data: &[f32],
+    taps: &[(usize, f32)],
+    acc: &mut [f32],
+    madd: impl Fn(f32, f32, f32) -> f32 + Copy,
+) {
     for (j, chunk) in acc.chunks_exact_mut(CHUNK).enumerate() {
         let mut sum = [0f32; CHUNK];
         for &(start, weight) in taps {
@@ -259,7 +284,11 @@ mod tests {
         ];
         for (n, (cin, cout, g, k, s, d, pads, h, w)) in cases.into_iter().enumerate() {
             let x = Tensor::<4>::random([2, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
-            let wt = Tensor::<4>::random([cout, cin / g, k, k], Distribution::Normal(0.0, 1.0), &device);
+            let wt = Tensor::<4>::random(
+                [cout, cin / g, k, k],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             let bias = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device);
             let expected = conv2d(
                 x.clone(),

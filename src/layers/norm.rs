@@ -141,10 +141,7 @@ pub fn fold_into_conv(conv: Conv2d, bn: BatchNorm2d) -> (Conv2d, BatchNorm2d) {
         None => shift.neg(),
     };
     let bias = bias.mul(scale.clone()).add(bn.bias.val());
-    let weight = conv
-        .weight
-        .val()
-        .mul(scale.reshape([out, 1, 1, 1]));
+    let weight = conv.weight.val().mul(scale.reshape([out, 1, 1, 1]));
     let conv = Conv2d {
         weight: Param::from_tensor(weight),
         bias: Some(Param::from_tensor(bias)),

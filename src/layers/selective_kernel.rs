@@ -246,7 +246,11 @@ impl SelectiveKernel {
     /// Folds every BN that follows a convolution into it, for inference.
     pub fn fold_batchnorm(self) -> Self {
         Self {
-            paths: self.paths.into_iter().map(ConvNormAct::fold_batchnorm).collect(),
+            paths: self
+                .paths
+                .into_iter()
+                .map(ConvNormAct::fold_batchnorm)
+                .collect(),
             attn: self.attn.fold_batchnorm(),
             ..self
         }

@@ -1,9 +1,11 @@
 """GPU check of sknet's Vulkan build, run by tools/gpu/run_device.sh on a machine with torch and timm.
 
+Each GPU build given (`--gpu-bin`, repeatable: the `wgpu` build compiles kernels through WGSL, the `vulkan`
+build through cubecl's own SPIR-V compiler) is checked and timed:
 1. Parity: timm models with random BN statistics are saved as safetensors; `sknet predict --json --topk 1000`
-   on one image gives all class probabilities from the CPU build and from the Vulkan build, and timm on CUDA
+   on one image gives all class probabilities from the CPU build and from the GPU build, and timm on CUDA
    gives them from the same image and weights. Prints and records the largest differences.
-2. Speed: `sknet-vulkan bench` against PyTorch on CUDA (same GPU, same cases as tools/bench_compare.py, plus
+2. Speed: `sknet bench` against PyTorch on CUDA (same GPU, same cases as tools/bench_compare.py, plus
    inference at batch 64), median of the timed runs after warm-up, with a CUDA synchronize around each run.
 """
 import argparse
@@ -48,7 +50,7 @@ def probabilities(predictions, classes=1000):
     return p
 
 
-def parity(args, tmp):
+def parity(args, gpu_bin, tmp):
     image = os.path.join(tmp, "image.png")
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
     results = {}
@@ -64,14 +66,14 @@ def parity(args, tmp):
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
         cmd = ["predict", image, "--weights", weights, "--arch", arch, "--topk", "1000", "--json"]
         cpu = probabilities(run_json([args.cpu_bin] + cmd))
-        gpu = probabilities(run_json([args.gpu_bin] + cmd))
+        gpu = probabilities(run_json([gpu_bin] + cmd))
         cfg = timm.data.resolve_data_config({}, model=model)
         x = timm.data.create_transform(**cfg)(Image.open(image).convert("RGB")).unsqueeze(0)
         with torch.no_grad():
-            ref = torch.softmax(model.cuda()(x.cuda()), 1)[0].double().cpu().numpy()
+            ref = torch.softmax(model.to(args.device)(x.to(args.device)), 1)[0].double().cpu().numpy()
         results[arch] = {
-            "vulkan_vs_cpu_max_abs": float(np.abs(gpu - cpu).max()),
-            "vulkan_vs_timm_cuda_max_abs": float(np.abs(gpu - ref).max()),
+            "gpu_vs_cpu_max_abs": float(np.abs(gpu - cpu).max()),
+            "gpu_vs_timm_cuda_max_abs": float(np.abs(gpu - ref).max()),
             "cpu_vs_timm_cuda_max_abs": float(np.abs(cpu - ref).max()),
             "top1_equal": int(gpu.argmax()) == int(cpu.argmax()) == int(ref.argmax()),
         }
@@ -88,37 +90,38 @@ def torch_case(args, mode, arch, batch, size):
         model = PaperSKNet(cfg)
     else:
         model = timm.create_model(arch)
-    model = model.cuda()
-    x = torch.randn(batch, 3, size, size, device="cuda")
+    model = model.to(args.device)
+    x = torch.randn(batch, 3, size, size, device=args.device)
+    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     times = []
     if mode == "train":
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
         for i in range(args.warmup + args.runs):
-            torch.cuda.synchronize()
+            sync()
             t = time.perf_counter()
             opt.zero_grad()
             model(x).pow(2).mean().backward()
             opt.step()
-            torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter() - t)
     else:
         model.eval()
         with torch.inference_mode():
             for i in range(args.warmup + args.runs):
-                torch.cuda.synchronize()
+                sync()
                 t = time.perf_counter()
                 model(x)
-                torch.cuda.synchronize()
+                sync()
                 times.append(time.perf_counter() - t)
     times = sorted(times[args.warmup:])
     return times[len(times) // 2] * 1e3
 
 
-def speed(args):
+def speed(args, torch_ms):
     rows = []
     for mode, arch, batch, size in SPEED_CASES:
-        cmd = [args.gpu_bin, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size),
+        cmd = [args.current_bin, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size),
                "--warmup", str(args.warmup), "--runs", str(args.runs), "--json"]
         if mode == "train":
             cmd.append("--train")
@@ -127,8 +130,11 @@ def speed(args):
         except Exception as e:  # noqa: BLE001 - record and go on to the next case
             print(f"sknet {mode} {arch} b{batch}: {e}", flush=True)
             ours = None
-        theirs = torch_case(args, mode, arch, batch, size)
-        row = {"case": f"{mode} {arch} b{batch} {size}x{size}", "sknet_vulkan_ms": ours, "pytorch_cuda_ms": theirs,
+        key = (mode, arch, batch, size)
+        if key not in torch_ms:
+            torch_ms[key] = torch_case(args, mode, arch, batch, size)
+        theirs = torch_ms[key]
+        row = {"case": f"{mode} {arch} b{batch} {size}x{size}", "sknet_gpu_ms": ours, "pytorch_cuda_ms": theirs,
                "ratio": ours / theirs if ours else None}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -138,33 +144,49 @@ def speed(args):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu-bin", required=True)
-    ap.add_argument("--gpu-bin", required=True)
+    ap.add_argument("--gpu-bin", action="append", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--device", default="cuda", help="PyTorch's device (cpu: a smoke test of this script)")
+    ap.add_argument("--quick", action="store_true", help="only the small cases (a smoke test)")
     args = ap.parse_args()
-    report = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "timm": timm.__version__}
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            report["parity"] = parity(args, tmp)
-        except Exception as e:  # noqa: BLE001 - the timings are still worth having
-            print(f"parity failed: {e}", flush=True)
-            report["parity_error"] = str(e)
-    report["speed"] = speed(args)
-    with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    lines = [f"GPU: {report['gpu']}, PyTorch {report['torch']}, timm {report['timm']}", "",
-             "| case | sknet (Vulkan) ms | PyTorch (CUDA) ms | sknet/PyTorch |", "|---|---|---|---|"]
-    for r in report["speed"]:
-        ours = f"{r['sknet_vulkan_ms']:.2f}" if r["sknet_vulkan_ms"] else "failed"
-        ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
-        lines.append(f"| {r['case']} | {ours} | {r['pytorch_cuda_ms']:.2f} | {ratio} |")
-    with open(os.path.join(args.out, "gpu_results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    if args.quick:
+        SPEED_CASES[:] = [c for c in SPEED_CASES if c[1] != "skresnext50_32x4d"]
+        PARITY_ARCHS[:] = ["skresnet18"]
+    gpu_name = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
+    report = {"gpu": gpu_name, "torch": torch.__version__, "timm": timm.__version__,
+              "builds": {}}
+    torch_ms = {}
+    lines = [f"GPU: {report['gpu']}, PyTorch {report['torch']}, timm {report['timm']}", ""]
+    ok = True
+    for gpu_bin in args.gpu_bin:
+        name = os.path.basename(gpu_bin)
+        print(f"== {name}", flush=True)
+        build = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                build["parity"] = parity(args, gpu_bin, tmp)
+            except Exception as e:  # noqa: BLE001 - the timings are still worth having
+                print(f"parity failed: {e}", flush=True)
+                build["parity_error"] = str(e)
+        args.current_bin = gpu_bin
+        build["speed"] = speed(args, torch_ms)
+        report["builds"][name] = build
+        ok &= "parity" in build and all(p["gpu_vs_cpu_max_abs"] < 1e-4 and p["top1_equal"]
+                                        for p in build["parity"].values())
+        lines += [f"### {name}", "", "| case | sknet (GPU) ms | PyTorch (CUDA) ms | sknet/PyTorch |", "|---|---|---|---|"]
+        for r in build["speed"]:
+            ours = f"{r['sknet_gpu_ms']:.2f}" if r["sknet_gpu_ms"] else "failed"
+            ratio = f"{r['ratio']:.2f}" if r["ratio"] else "-"
+            lines.append(f"| {r['case']} | {ours} | {r['pytorch_cuda_ms']:.2f} | {ratio} |")
+        lines.append("")
+        with open(os.path.join(args.out, "gpu_results.json"), "w") as f:
+            json.dump(report, f, indent=2)
+        with open(os.path.join(args.out, "gpu_results.md"), "w") as f:
+            f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
-    ok = all(p["vulkan_vs_cpu_max_abs"] < 1e-4 and p["top1_equal"] for p in report.get("parity", {}).values())
-    sys.exit(0 if ok and "parity" in report else 1)
-
+    sys.exit(0 if ok else 1)
 
 if __name__ == "__main__":
     main()
