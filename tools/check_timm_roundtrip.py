@@ -17,16 +17,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKNET = os.environ.get("SKNET_BIN", os.path.join(ROOT, "target", "debug", "sknet"))
 
 
+def timm_with_bn_statistics(name, seed=0):
+    """A timm model in eval mode whose BN running statistics are random (not the identity), so that
+    a check also covers how they are read and applied."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
 def main():
     ok = True
     for name in sys.argv[1:] or ["skresnet18", "skresnet34", "skresnext50_32x4d"]:
-        torch.manual_seed(0)
-        src = timm.create_model(name).eval()
-        with torch.no_grad():
-            for m in src.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.1, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
+        src = timm_with_bn_statistics(name)
         with tempfile.TemporaryDirectory() as tmp:
             a, b = os.path.join(tmp, "in.safetensors"), os.path.join(tmp, "out.safetensors")
             save_file({k: v.contiguous() for k, v in src.state_dict().items()}, a)

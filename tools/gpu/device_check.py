@@ -23,6 +23,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 TOOLS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, TOOLS)
+from check_timm_roundtrip import timm_with_bn_statistics  # noqa: E402
 PARITY_ARCHS = ["skresnet18", "skresnext50_32x4d"]
 SPEED_CASES = [
     ("inference", "skresnext50_32x4d", 1, 224),
@@ -55,13 +57,7 @@ def parity(args, gpu_bin, tmp):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(image)
     results = {}
     for arch in PARITY_ARCHS:
-        torch.manual_seed(0)
-        model = timm.create_model(arch).eval()
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.running_mean.uniform_(-0.1, 0.1)
-                    m.running_var.uniform_(0.5, 1.5)
+        model = timm_with_bn_statistics(arch)
         weights = os.path.join(tmp, f"{arch}.safetensors")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
         cmd = ["predict", image, "--weights", weights, "--arch", arch, "--topk", "1000", "--json"]
@@ -83,7 +79,6 @@ def parity(args, gpu_bin, tmp):
 
 def torch_case(args, mode, arch, batch, size):
     if arch == "sknet-tiny":
-        sys.path.insert(0, TOOLS)
         from paper_sknet import PaperSKNet
 
         cfg = json.loads(subprocess.check_output([args.cpu_bin, "config", "--arch", arch]))
