@@ -8,6 +8,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::direct_conv::conv2d_direct;
+use super::train_conv::train_conv2d;
 use crate::config::Padding;
 
 /// Input channels per group up to which grouped convs use the direct kernel. Measured on
@@ -24,6 +25,16 @@ fn direct_conv_applies(input: &Tensor<4>) -> bool {
         feature = "wgpu",
         feature = "cuda"
     ))) && !input.device().is_autodiff()
+}
+
+/// Whether training on this input runs [`train_conv2d`], whose backward pass is written for the
+/// CPU: the Flex backend with autodiff, in builds without a GPU backend.
+fn train_conv_applies(input: &Tensor<4>) -> bool {
+    cfg!(not(any(
+        feature = "vulkan",
+        feature = "wgpu",
+        feature = "cuda"
+    ))) && input.device().is_autodiff()
 }
 
 /// Geometry of a convolution: everything but its weights.
@@ -161,8 +172,9 @@ impl Conv2d {
     ///
     /// Grouped convolutions with narrow groups (at most 8 input channels a group) in CPU inference
     /// go through [`conv2d_direct`], which is up to several times faster than burn-flex's
-    /// per-group gemm there; everything else
-    /// (training, dense convs, GPU backends) uses burn's `conv2d`.
+    /// per-group gemm there. CPU training goes through [`train_conv2d`], whose backward pass
+    /// replaces burn's derived one. Everything else (dense convs in inference, GPU backends) uses
+    /// burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = input.dims();
         let g = self.geometry;
@@ -185,6 +197,13 @@ impl Conv2d {
             [g.dilation, g.dilation],
             g.groups,
         );
+        if train_conv_applies(&input) {
+            let out = train_conv2d(input, self.weight.val(), options);
+            return match &self.bias {
+                Some(bias) => out + bias.val().reshape([1, -1, 1, 1]),
+                None => out,
+            };
+        }
         conv2d(
             input,
             self.weight.val(),

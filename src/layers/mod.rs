@@ -7,6 +7,7 @@ pub mod direct_conv;
 mod linear;
 mod norm;
 pub mod selective_kernel;
+pub mod train_conv;
 
 pub use conv::{Conv2d, ConvGeometry};
 pub use conv_norm_act::ConvNormAct;
