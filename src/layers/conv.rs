@@ -27,16 +27,6 @@ fn direct_conv_applies(input: &Tensor<4>) -> bool {
     ))) && !input.device().is_autodiff()
 }
 
-/// Whether training on this input runs [`train_conv2d`], whose backward pass is written for the
-/// CPU: the Flex backend with autodiff, in builds without a GPU backend.
-fn train_conv_applies(input: &Tensor<4>) -> bool {
-    cfg!(not(any(
-        feature = "vulkan",
-        feature = "wgpu",
-        feature = "cuda"
-    ))) && input.device().is_autodiff()
-}
-
 /// Geometry of a convolution: everything but its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -197,7 +187,7 @@ impl Conv2d {
             [g.dilation, g.dilation],
             g.groups,
         );
-        if train_conv_applies(&input) {
+        if input.device().is_autodiff() && super::cpu_training_kernels() {
             let out = train_conv2d(input, self.weight.val(), options);
             return match &self.bias {
                 Some(bias) => out + bias.val().reshape([1, -1, 1, 1]),

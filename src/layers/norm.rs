@@ -5,7 +5,15 @@ use burn::nn::Initializer;
 use burn::tensor::module::{batch_norm, batch_norm_train};
 use burn::tensor::{Device, Tensor};
 
-use super::Conv2d;
+use super::train_norm::train_batch_norm;
+use super::{cpu_training_kernels, Conv2d};
+
+/// The output of a batch-statistics BatchNorm, whichever implementation computed it.
+struct BatchStatistics<const D: usize> {
+    output: Tensor<D>,
+    mean: Tensor<1>,
+    variance: Tensor<1>,
+}
 use crate::config::NormConfig;
 
 /// Batch normalization over the channel axis (axis 1).
@@ -84,7 +92,22 @@ impl BatchNorm2d {
             .filter(|(i, _)| *i != 1)
             .map(|(_, d)| d)
             .product();
-        let result = batch_norm_train(input, self.weight.val(), self.bias.val(), self.config.eps);
+        let (weight, bias, eps) = (self.weight.val(), self.bias.val(), self.config.eps);
+        let result = if cpu_training_kernels() {
+            let r = train_batch_norm(input, weight, bias, eps);
+            BatchStatistics {
+                output: r.output,
+                mean: r.mean,
+                variance: r.variance,
+            }
+        } else {
+            let r = batch_norm_train(input, weight, bias, eps);
+            BatchStatistics {
+                output: r.output,
+                mean: r.mean,
+                variance: r.variance,
+            }
+        };
         let variance = if self.config.unbiased_running_var && count > 1 {
             result
                 .variance

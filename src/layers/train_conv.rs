@@ -56,6 +56,23 @@ impl Backward<Flex, 2> for TrainConvBackward {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let (x, weight, options) = ops.state;
+        if [x.dtype(), weight.dtype(), grad.dtype()] != [DType::F32; 3] {
+            // The kernels below are f32; other float types keep burn's derivation.
+            if let Some(node) = node_x {
+                let dx = Flex::conv2d_x_backward(
+                    x.clone(),
+                    weight.clone(),
+                    grad.clone(),
+                    options.clone(),
+                );
+                grads.register::<Flex>(node.id, dx);
+            }
+            if let Some(node) = node_weight {
+                let dw = Flex::conv2d_weight_backward(x, weight, grad, options);
+                grads.register::<Flex>(node.id, dw);
+            }
+            return;
+        }
         let (dx, dw) = conv2d_backward_flex(
             &x,
             &weight,
@@ -492,14 +509,10 @@ fn plan_for(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> Co
     }
 }
 
-/// A contiguous `f32` copy-free view where possible.
+/// The tensor itself when contiguous, else a contiguous copy. The caller has checked for `f32`.
 fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
     let t = t.to_contiguous();
-    assert_eq!(
-        t.dtype(),
-        DType::F32,
-        "the CPU training conv computes in f32"
-    );
+    debug_assert_eq!(t.dtype(), DType::F32);
     t
 }
 
