@@ -25,3 +25,22 @@ pub(crate) fn cpu_training_kernels() -> bool {
         feature = "cuda"
     )))
 }
+
+/// Asserts that two float tensors have the same length and differ by less than `tolerance`
+/// anywhere; the message names `what` and the largest difference.
+#[cfg(test)]
+pub(crate) fn assert_close(
+    what: &str,
+    a: burn::tensor::TensorData,
+    b: burn::tensor::TensorData,
+    tolerance: f32,
+) {
+    let (a, b) = (a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+    assert_eq!(a.len(), b.len(), "{what}: sizes differ");
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < tolerance, "{what} differs by {diff}");
+}

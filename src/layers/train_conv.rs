@@ -613,17 +613,7 @@ mod tests {
             let (y1, dx1, dw1) = run(true);
             let (y2, dx2, dw2) = run(false);
             for (what, a, b) in [("output", y1, y2), ("dx", dx1, dx2), ("dw", dw1, dw2)] {
-                let (a, b) = (
-                    a.try_to_vec::<f32>().unwrap(),
-                    b.try_to_vec::<f32>().unwrap(),
-                );
-                assert_eq!(a.len(), b.len(), "case {i}: {what} size");
-                let diff = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
-                assert!(diff < 1e-4, "case {i}: {what} differs by {diff}");
+                super::super::assert_close(&format!("case {i}: {what}"), a, b, 1e-4);
             }
         }
     }

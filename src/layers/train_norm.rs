@@ -405,17 +405,7 @@ mod tests {
             };
             let names = ["output", "mean", "variance", "dx", "dgamma", "dbeta"];
             for ((name, a), b) in names.iter().zip(run(true)).zip(run(false)) {
-                let (a, b) = (
-                    a.try_to_vec::<f32>().unwrap(),
-                    b.try_to_vec::<f32>().unwrap(),
-                );
-                assert_eq!(a.len(), b.len(), "case {case}: {name} size");
-                let diff = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
-                assert!(diff < 1e-4, "case {case}: {name} differs by {diff}");
+                super::super::assert_close(&format!("case {case}: {name}"), a, b, 1e-4);
             }
         }
     }
