@@ -35,7 +35,10 @@ pub(crate) fn assert_close(
     b: burn::tensor::TensorData,
     tolerance: f32,
 ) {
-    let (a, b) = (a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
+    let (a, b) = (
+        a.try_to_vec::<f32>().unwrap(),
+        b.try_to_vec::<f32>().unwrap(),
+    );
     assert_eq!(a.len(), b.len(), "{what}: sizes differ");
     let diff = a
         .iter()

@@ -206,9 +206,8 @@ impl ConvPlan {
     }
 
     /// Unfolds one group of one image, `x` = `[group_in, h, w]`, into
-    /// `col[((c * kh + ky) * kw + kx) * row_stride + oy * ow + ox]`, zero where the window reads
-    /// padding. With `row_stride > h' * w'` several images share one patch matrix side by side.
-    fn im2col(&self, x: &[f32], col: &mut [f32], row_stride: usize) {
+    /// `col[(c * kh + ky) * kw + kx][oy * ow + ox]`, zero where the window reads padding.
+    fn im2col(&self, x: &[f32], col: &mut [f32]) {
         let [kh, kw] = self.kernel;
         let [oh, ow] = self.out_hw;
         let [h, w] = self.in_hw;
@@ -220,7 +219,7 @@ impl ConvPlan {
                 for kx in 0..kw {
                     let cols = self.valid_outputs(1, kx);
                     let r = (c * kh + ky) * kw + kx;
-                    let dst = &mut col[r * row_stride..][..pixels];
+                    let dst = &mut col[r * pixels..][..pixels];
                     let x0 = kx * self.dilation[1];
                     for oy in 0..oh {
                         let line = &mut dst[oy * ow..(oy + 1) * ow];
@@ -249,7 +248,7 @@ impl ConvPlan {
 
     /// The adjoint of [`Self::im2col`]: adds every patch entry back onto the input pixel it was
     /// read from. `dx` = `[group_in, h, w]`.
-    fn col2im_add(&self, col: &[f32], row_stride: usize, dx: &mut [f32]) {
+    fn col2im_add(&self, col: &[f32], dx: &mut [f32]) {
         let [kh, kw] = self.kernel;
         let ow = self.out_hw[1];
         let [h, w] = self.in_hw;
@@ -264,7 +263,7 @@ impl ConvPlan {
                         continue;
                     }
                     let r = (c * kh + ky) * kw + kx;
-                    let src = &col[r * row_stride..][..pixels];
+                    let src = &col[r * pixels..][..pixels];
                     let x0 = kx * self.dilation[1];
                     for oy in rows.clone() {
                         let iy = oy * self.stride[0] + ky * self.dilation[0] - self.pad[0];
@@ -405,7 +404,7 @@ pub fn conv2d_backward(
                     let patches: &[f32] = if plan.is_pointwise() {
                         x_g
                     } else {
-                        plan.im2col(x_g, &mut col, pixels);
+                        plan.im2col(x_g, &mut col);
                         &col
                     };
                     // dW_g[go x rows] += dY_g[go x P] · patchesᵀ[P x rows]
@@ -439,7 +438,7 @@ pub fn conv2d_backward(
                     );
                     if !pointwise {
                         let dx_g = &mut dx_chunk[i * in_len + g * group_in_len..][..group_in_len];
-                        plan.col2im_add(&col, pixels, dx_g);
+                        plan.col2im_add(&col, dx_g);
                     }
                 }
             }

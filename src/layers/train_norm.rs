@@ -296,6 +296,10 @@ fn values(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
+fn f32_values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("contiguous")
+}
+
 fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, Shape::from(shape.to_vec())))
 }
@@ -317,10 +321,10 @@ fn forward_flex(
     let shape = x.layout().shape().to_vec();
     let dims = split_dims(&shape);
     let (x, gamma, beta) = (values(x), values(gamma), values(beta));
-    let xs = x.as_slice::<f32>().expect("contiguous");
+    let xs = f32_values(&x);
     let (mean, variance) = batch_norm_stats(xs, dims);
-    let gamma = gamma.as_slice::<f32>().expect("contiguous");
-    let beta = beta.as_slice::<f32>().expect("contiguous");
+    let gamma = f32_values(&gamma);
+    let beta = f32_values(&beta);
     let output = batch_norm_apply(xs, dims, [&mean, &variance, gamma, beta], epsilon);
     TrainBatchNorm {
         output: flex(output, &shape),
@@ -340,12 +344,11 @@ fn backward_flex(
     let shape = x.layout().shape().to_vec();
     let dims = split_dims(&shape);
     let [x, gamma, mean, variance, grad] = [x, gamma, mean, variance, grad].map(values);
-    let slice = |t: &FlexTensor| -> Vec<f32> { t.as_slice::<f32>().expect("contiguous").to_vec() };
     let (dx, dgamma, dbeta) = batch_norm_backward(
-        x.as_slice::<f32>().expect("contiguous"),
-        grad.as_slice::<f32>().expect("contiguous"),
+        f32_values(&x),
+        f32_values(&grad),
         dims,
-        [&slice(&mean), &slice(&variance), &slice(&gamma)],
+        [f32_values(&mean), f32_values(&variance), f32_values(&gamma)],
         epsilon,
     );
     (
