@@ -3,19 +3,23 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
+use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{s, Device, Tensor};
 
 use super::direct_conv::conv2d_direct;
 use super::train_conv::train_conv2d;
 use crate::config::Padding;
 
-/// Input channels per group up to which grouped convs use the direct kernel. Measured on
-/// skresnext50_32x4d's SK convs (`examples/grouped_conv.rs`, 2 cores): with 2 to 8 channels a group
-/// the direct kernel took 1.1 to 4x less time than burn-flex; with 16 (the last stage, 7x7 and
-/// 14x14 maps) it took up to 2x more, and burn-flex keeps those.
-const DIRECT_MAX_GROUP_CHANNELS: usize = 8;
+/// Input channels a group up to which dense (one-group) convs use the direct kernel: the ResNet
+/// stem's 3-channel 7x7 conv took 1.4x less time there than in burn-flex, while dense 3x3 convs
+/// with 32 to 256 input channels run faster through burn-flex's gemm (`examples/grouped_conv.rs`).
+const DIRECT_MAX_DENSE_CHANNELS: usize = 4;
+/// Output positions (over the batch) up to which dense convs use the direct kernel anyway: on 7x7
+/// maps at batch 1, burn-flex's tiled im2col has too little to tile, and the direct kernel took
+/// 1.3 to 1.7x less time; at batch 8 they were even.
+const DIRECT_MAX_DENSE_POSITIONS: usize = 128;
 
 /// Whether the direct CPU kernel may compute this forward pass: the Flex backend (the only
 /// CPU backend of these builds, and the default device without a GPU feature) without autodiff.
@@ -160,26 +164,35 @@ impl Conv2d {
 
     /// Applies the convolution.
     ///
-    /// Grouped convolutions with narrow groups (at most 8 input channels a group) in CPU inference
-    /// go through [`conv2d_direct`], which is up to several times faster than burn-flex's
-    /// per-group gemm there. CPU training goes through [`train_conv2d`], whose backward pass
-    /// replaces burn's derived one. Everything else (dense convs in inference, GPU backends) uses
-    /// burn's `conv2d`.
+    /// In CPU inference, grouped convs, the stem and dense convs on tiny maps go through
+    /// [`conv2d_direct`] (several times faster than burn-flex's per-group gemm for SK units), and
+    /// strided 1x1 convs subsample first. CPU training goes through [`train_conv2d`], whose
+    /// backward pass replaces burn's derived one. Everything else (dense convs in inference, GPU
+    /// backends) uses burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let [_, _, h, w] = input.dims();
+        self.apply(input, false)
+    }
+
+    /// `relu(conv(input))`, in one pass over the output where the direct kernel runs.
+    pub fn forward_relu(&self, input: Tensor<4>) -> Tensor<4> {
+        self.apply(input, true)
+    }
+
+    fn apply(&self, input: Tensor<4>, then_relu: bool) -> Tensor<4> {
+        let [batch, _, h, w] = input.dims();
         let g = self.geometry;
         let pads = [g.pads(h), g.pads(w)];
-        let group_in = self.weight.shape().dims::<4>()[1];
-        if g.groups > 1 && group_in <= DIRECT_MAX_GROUP_CHANNELS && direct_conv_applies(&input) {
-            return conv2d_direct(
-                input,
-                self.weight.val(),
-                self.bias.as_ref().map(|b| b.val()),
-                g.stride,
-                g.dilation,
-                pads,
-                g.groups,
-            );
+        let cpu_inference = direct_conv_applies(&input);
+        if cpu_inference && g.kernel == 1 && g.stride > 1 && pads == [(0, 0); 2] {
+            // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input;
+            // burn-flex runs that as one gemm, where a strided one goes through im2col.
+            let input = input.slice(s![.., .., ..;g.stride, ..;g.stride]);
+            let unstrided = Self {
+                weight: self.weight.clone(),
+                bias: self.bias.clone(),
+                geometry: ConvGeometry { stride: 1, ..g },
+            };
+            return unstrided.apply(input, then_relu);
         }
         let options = ConvOptions::new_with_padding(
             [g.stride, g.stride],
@@ -187,19 +200,35 @@ impl Conv2d {
             [g.dilation, g.dilation],
             g.groups,
         );
-        if input.device().is_autodiff() && super::cpu_training_kernels() {
+        let group_in = self.weight.shape().dims::<4>()[1];
+        let positions = self.out_hw(h, w).map_or(0, |(oh, ow)| batch * oh * ow);
+        let direct = g.groups > 1
+            || (g.kernel > 1
+                && (group_in <= DIRECT_MAX_DENSE_CHANNELS
+                    || positions <= DIRECT_MAX_DENSE_POSITIONS));
+        if direct && cpu_inference {
+            let bias = self.bias.as_ref().map(|b| b.val());
+            return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
+        }
+        let out = if input.device().is_autodiff() && super::cpu_training_kernels() {
             let out = train_conv2d(input, self.weight.val(), options);
-            return match &self.bias {
+            match &self.bias {
                 Some(bias) => out + bias.val().reshape([1, -1, 1, 1]),
                 None => out,
-            };
+            }
+        } else {
+            conv2d(
+                input,
+                self.weight.val(),
+                self.bias.as_ref().map(|b| b.val()),
+                options,
+            )
+        };
+        if then_relu {
+            relu(out)
+        } else {
+            out
         }
-        conv2d(
-            input,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            options,
-        )
     }
 
     /// Output `(height, width)` for an input of `(height, width)`, `None` if too small.

@@ -45,6 +45,9 @@ impl ConvNormAct {
 
     /// Applies conv, BN and the optional ReLU.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        if self.bn.folded && self.relu {
+            return self.conv.forward_relu(input);
+        }
         let x = self.bn.forward(self.conv.forward(input));
         if self.relu {
             relu(x)
