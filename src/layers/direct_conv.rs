@@ -69,31 +69,47 @@ impl DirectConvOps for Flex {
         options: ConvOptions<2>,
         relu: bool,
     ) -> FloatTensor<Self> {
-        if [&x, &weight, &bias].iter().any(|t| t.dtype() != DType::F32) {
-            // The kernel is f32; other float types keep burn-flex's convolution.
-            let out = Flex::conv2d(x, weight, Some(bias), options);
-            return if relu { Flex::relu(out) } else { out };
-        }
-        let (x, weight, bias) = (
-            x.to_contiguous(),
-            weight.to_contiguous(),
-            bias.to_contiguous(),
-        );
-        let plan = Plan::new(x.layout().shape(), weight.layout().shape(), &options);
-        let mut out = vec![0f32; plan.batch * plan.out_channels * plan.out_h * plan.out_w];
-        run(
-            &plan,
-            x.as_slice::<f32>().expect("contiguous f32"),
-            weight.as_slice::<f32>().expect("contiguous f32"),
-            bias.as_slice::<f32>().expect("contiguous f32"),
-            relu,
-            &mut out,
-        );
-        FlexTensor::from_data(TensorData::new(
-            out,
-            Shape::new([plan.batch, plan.out_channels, plan.out_h, plan.out_w]),
-        ))
+        direct_conv2d_flex(x, weight, Some(bias), options, relu)
     }
+}
+
+/// The direct convolution on Flex tensors: `conv2d(x, weight) + bias`, then a ReLU if `relu` is
+/// set. Also the forward pass of CPU training's grouped convs ([`super::train_conv`]).
+pub(crate) fn direct_conv2d_flex(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    options: ConvOptions<2>,
+    relu: bool,
+) -> FlexTensor {
+    let is_f32 = |t: &FlexTensor| t.dtype() == DType::F32;
+    if !(is_f32(&x) && is_f32(&weight) && bias.as_ref().is_none_or(is_f32)) {
+        // The kernel is f32; other float types keep burn-flex's convolution.
+        let out = Flex::conv2d(x, weight, bias, options);
+        return if relu { Flex::relu(out) } else { out };
+    }
+    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    let plan = Plan::new(x.layout().shape(), weight.layout().shape(), &options);
+    let bias = match bias {
+        Some(bias) => bias.to_contiguous(),
+        None => FlexTensor::from_data(TensorData::new(
+            vec![0f32; plan.out_channels],
+            Shape::new([plan.out_channels]),
+        )),
+    };
+    let mut out = vec![0f32; plan.batch * plan.out_channels * plan.out_h * plan.out_w];
+    run(
+        &plan,
+        x.as_slice::<f32>().expect("contiguous f32"),
+        weight.as_slice::<f32>().expect("contiguous f32"),
+        bias.as_slice::<f32>().expect("contiguous f32"),
+        relu,
+        &mut out,
+    );
+    FlexTensor::from_data(TensorData::new(
+        out,
+        Shape::new([plan.batch, plan.out_channels, plan.out_h, plan.out_w]),
+    ))
 }
 
 /// `conv2d(input, weight, bias)`, then a ReLU if `relu` is set, computed directly, for the forward
