@@ -12,15 +12,6 @@ use super::direct_conv::conv2d_direct;
 use super::train_conv::train_conv2d;
 use crate::config::Padding;
 
-/// Input channels a group up to which dense (one-group) convs use the direct kernel: the ResNet
-/// stem's 3-channel 7x7 conv took 1.4x less time there than in burn-flex, while dense 3x3 convs
-/// with 32 to 256 input channels run faster through burn-flex's gemm (`examples/grouped_conv.rs`).
-const DIRECT_MAX_DENSE_CHANNELS: usize = 4;
-/// Output positions (over the batch) up to which dense convs use the direct kernel anyway: on 7x7
-/// maps at batch 1, burn-flex's tiled im2col has too little to tile, and the direct kernel took
-/// 1.3 to 1.7x less time; at batch 8 they were even.
-const DIRECT_MAX_DENSE_POSITIONS: usize = 128;
-
 /// Whether the direct CPU kernel may compute this forward pass: the Flex backend (the only
 /// CPU backend of these builds, and the default device without a GPU feature) without autodiff.
 fn direct_conv_applies(input: &Tensor<4>) -> bool {
@@ -164,11 +155,10 @@ impl Conv2d {
 
     /// Applies the convolution.
     ///
-    /// In CPU inference, grouped convs, the stem and dense convs on tiny maps go through
-    /// [`conv2d_direct`] (several times faster than burn-flex's per-group gemm for SK units), and
-    /// strided 1x1 convs subsample first. CPU training goes through [`train_conv2d`], whose
-    /// backward pass replaces burn's derived one. Everything else (dense convs in inference, GPU
-    /// backends) uses burn's `conv2d`.
+    /// In CPU inference, grouped and kxk convs go through [`conv2d_direct`] (several times faster
+    /// than burn-flex's per-group gemm for SK units, and without its layout changes for dense
+    /// ones), 1x1 convs through burn-flex's gemm, strided ones after subsampling. CPU training goes through [`train_conv2d`], whose
+    /// backward pass replaces burn's derived one. GPU backends use burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.apply(input, false)
     }
@@ -179,7 +169,7 @@ impl Conv2d {
     }
 
     fn apply(&self, input: Tensor<4>, then_relu: bool) -> Tensor<4> {
-        let [batch, _, h, w] = input.dims();
+        let [_, _, h, w] = input.dims();
         let g = self.geometry;
         let pads = [g.pads(h), g.pads(w)];
         let cpu_inference = direct_conv_applies(&input);
@@ -200,13 +190,7 @@ impl Conv2d {
             [g.dilation, g.dilation],
             g.groups,
         );
-        let group_in = self.weight.shape().dims::<4>()[1];
-        let positions = self.out_hw(h, w).map_or(0, |(oh, ow)| batch * oh * ow);
-        let direct = g.groups > 1
-            || (g.kernel > 1
-                && (group_in <= DIRECT_MAX_DENSE_CHANNELS
-                    || positions <= DIRECT_MAX_DENSE_POSITIONS));
-        if direct && cpu_inference {
+        if (g.groups > 1 || g.kernel > 1) && cpu_inference {
             let bias = self.bias.as_ref().map(|b| b.val());
             return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
         }

@@ -47,3 +47,50 @@ pub(crate) fn assert_close(
         .fold(0f32, f32::max);
     assert!(diff < tolerance, "{what} differs by {diff}");
 }
+
+/// `dst[m x n] (+)= lhs[m x k] · rhs[k x n]`, each operand given by its row and column strides.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_strided(
+    [m, n, k]: [usize; 3],
+    dst: &mut [f32],
+    [dst_rs, dst_cs]: [usize; 2],
+    accumulate: bool,
+    lhs: &[f32],
+    [lhs_rs, lhs_cs]: [usize; 2],
+    rhs: &[f32],
+    [rhs_rs, rhs_cs]: [usize; 2],
+    parallelism: gemm::Parallelism,
+) {
+    let last = |rs: usize, cs: usize, rows: usize, cols: usize| {
+        (rows.max(1) - 1) * rs + (cols.max(1) - 1) * cs
+    };
+    // The bounds the raw-pointer call below relies on.
+    assert!(m == 0 || n == 0 || last(dst_rs, dst_cs, m, n) < dst.len());
+    assert!(m == 0 || k == 0 || last(lhs_rs, lhs_cs, m, k) < lhs.len());
+    assert!(k == 0 || n == 0 || last(rhs_rs, rhs_cs, k, n) < rhs.len());
+    // SAFETY: every index the GEMM touches is within the slices, checked above; `dst` is borrowed
+    // mutably and so does not alias `lhs` or `rhs`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
