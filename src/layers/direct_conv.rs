@@ -392,78 +392,72 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
 /// A dense conv as one GEMM per kernel tap, accumulated: `acc[o][j] += sum over input channels i
 /// of w[o][i][tap] * phases[i][start(tap) + j]`. The padded, phase-split input is the GEMM's
 /// right-hand side as it is (rows one channel apart), so there is no im2col copy and no layout
-/// change.
+/// change. Threads split the work by images and bands of output rows, not inside the GEMMs: one
+/// synchronisation per conv instead of one per tap.
 fn run_tapwise_gemm(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let plane = plan.out_h * plan.out_w;
     let layout = PhaseLayout::new(plan);
     let kk = plan.kernel * plan.kernel;
     // The start of each tap's run in channel 0: the first `kk` tap starts.
     let starts: Vec<usize> = layout.tap_starts(plan).into_iter().take(kk).collect();
-    let run = (plan.out_h - 1) * layout.width + plan.out_w;
     let epilogue = Epilogue {
         plan,
         width: layout.width,
         relu,
     };
-    let in_image = plan.in_channels * plan.in_h * plan.in_w;
     let in_plane = plan.in_h * plan.in_w;
     let (m, k) = (plan.out_channels, plan.in_channels);
-    let phase_len = plan.in_channels * layout.channel;
-    // One image: pad it into `phases`, run the GEMMs into `acc`, store.
-    let image_conv = |image: &[f32],
-                      out_image: &mut [f32],
-                      phases: &mut [f32],
-                      acc: &mut [f32],
-                      parallelism: gemm::Parallelism| {
-        if let gemm::Parallelism::None = parallelism {
-            let planes = phases[..phase_len].chunks_mut(layout.channel);
-            for (dst, src) in planes.zip(image.chunks(in_plane)) {
-                layout.fill_into(plan, src, dst);
-            }
-        } else {
-            phases[..phase_len]
-                .par_chunks_mut(layout.channel)
-                .zip(image.par_chunks(in_plane))
-                .for_each(|(dst, src)| layout.fill_into(plan, src, dst));
-        }
-        for (tap, &start) in starts.iter().enumerate() {
-            gemm_strided(
-                [m, run, k],
-                acc,
-                [run, 1],
-                tap > 0,
-                &w[tap..],
-                [k * kk, kk],
-                &phases[start..],
-                [layout.channel, 1],
-                parallelism,
-            );
-        }
-        for (o, (out_plane, acc)) in out_image.chunks_mut(plane).zip(acc.chunks(run)).enumerate() {
-            epilogue.store(acc, bias[o], out_plane);
-        }
+    let image_phases = plan.in_channels * layout.channel;
+    let mut phases = vec![0f32; plan.batch * image_phases + SLACK];
+    phases[..plan.batch * image_phases]
+        .par_chunks_mut(layout.channel)
+        .zip(x.par_chunks(in_plane))
+        .for_each(|(dst, src)| layout.fill_into(plan, src, dst));
+    // Tasks are bands of output rows of an image, enough of them to keep every thread busy; each
+    // runs its GEMMs on one thread into its own buffer.
+    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
+    let bands = wanted.div_ceil(plan.batch).clamp(1, plan.out_h);
+    let band_rows = plan.out_h.div_ceil(bands);
+    let bands = plan.out_h.div_ceil(band_rows);
+    // The run of output rows [r0, r1): the last row ends at its last output column.
+    let band_run = |band: usize| {
+        let (r0, r1) = (band * band_rows, ((band + 1) * band_rows).min(plan.out_h));
+        (r0, r1, (r1 - r0 - 1) * layout.width + plan.out_w)
     };
-    if plan.batch >= rayon::current_num_threads() {
-        // Whole images per thread, each with its own buffers.
-        let images = x.par_chunks(in_image).zip(out.par_chunks_mut(m * plane));
-        images.for_each_init(
-            || (vec![0f32; phase_len + SLACK], vec![0f32; m * run]),
-            |(phases, acc), (image, out_image)| {
-                image_conv(image, out_image, phases, acc, gemm::Parallelism::None)
-            },
-        );
-    } else {
-        let (mut phases, mut acc) = (vec![0f32; phase_len + SLACK], vec![0f32; m * run]);
-        for (image, out_image) in x.chunks(in_image).zip(out.chunks_mut(m * plane)) {
-            image_conv(
-                image,
-                out_image,
-                &mut phases,
-                &mut acc,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-    }
+    let accs: Vec<Vec<f32>> = (0..plan.batch * bands)
+        .into_par_iter()
+        .map(|task| {
+            let (image, band) = (task / bands, task % bands);
+            let (r0, _, n) = band_run(band);
+            let offset = image * image_phases + r0 * layout.width;
+            let mut acc = vec![0f32; m * n];
+            for (tap, &start) in starts.iter().enumerate() {
+                gemm_strided(
+                    [m, n, k],
+                    &mut acc,
+                    [n, 1],
+                    tap > 0,
+                    &w[tap..],
+                    [k * kk, kk],
+                    &phases[offset + start..],
+                    [layout.channel, 1],
+                    gemm::Parallelism::None,
+                );
+            }
+            acc
+        })
+        .collect();
+    out.par_chunks_mut(plane)
+        .enumerate()
+        .for_each(|(index, out_plane)| {
+            let (image, o) = (index / m, index % m);
+            for band in 0..bands {
+                let (r0, r1, n) = band_run(band);
+                let acc = &accs[image * bands + band][o * n..][..n];
+                let rows = &mut out_plane[r0 * plan.out_w..r1 * plan.out_w];
+                epilogue.store(acc, bias[o], rows);
+            }
+        });
 }
 
 /// What happens to a computed run on its way to the output.
@@ -614,7 +608,7 @@ mod tests {
             (64, 64, 32, 3, 1, 2, [(2, 2), (2, 2)], 7, 7),
             (32, 32, 1, 1, 1, 1, [(0, 0), (0, 0)], 6, 5),
             // dense convs with more than 4 channels on maps of more than 64 positions: one GEMM
-            // per tap, over the images of the batch one at a time or in parallel
+            // per tap, in bands of output rows (several per image at batch 1)
             (8, 12, 1, 3, 2, 2, [(2, 2), (2, 2)], 19, 17),
             (16, 8, 1, 3, 1, 1, [(1, 1), (1, 1)], 9, 11),
             (6, 8, 1, 5, 1, 1, [(1, 3), (2, 2)], 12, 10),
