@@ -5,6 +5,7 @@
 //! `layer1.0.conv2.paths.0.conv.weight`, `layer1.0.downsample.0.weight`, `fc.bias`, ...); the
 //! Keras notebook's model adds `input_bn` (its BN on the raw input).
 
+use crate::layers::max_pool::{max_pool2d_direct, PoolWindow};
 use burn::module::Module;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
@@ -252,6 +253,17 @@ impl SkNet {
             }
             _ => options,
         };
+        let out = (self.pool_out_len(h), self.pool_out_len(w));
+        if let (true, (Some(out_h), Some(out_w))) = (crate::layers::cpu_inference_kernels(&x), out)
+        {
+            let window = PoolWindow {
+                kernel: options.kernel_size[0],
+                stride: options.stride[0],
+                pad: [options.padding[0].0, options.padding[1].0],
+                out: [out_h, out_w],
+            };
+            return max_pool2d_direct(x, window);
+        }
         max_pool2d(x, options)
     }
 

@@ -12,16 +12,6 @@ use super::direct_conv::conv2d_direct;
 use super::train_conv::train_conv2d;
 use crate::config::Padding;
 
-/// Whether the direct CPU kernel may compute this forward pass: the Flex backend (the only
-/// CPU backend of these builds, and the default device without a GPU feature) without autodiff.
-fn direct_conv_applies(input: &Tensor<4>) -> bool {
-    cfg!(not(any(
-        feature = "vulkan",
-        feature = "wgpu",
-        feature = "cuda"
-    ))) && !input.device().is_autodiff()
-}
-
 /// Geometry of a convolution: everything but its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvGeometry {
@@ -172,7 +162,7 @@ impl Conv2d {
         let [_, _, h, w] = input.dims();
         let g = self.geometry;
         let pads = [g.pads(h), g.pads(w)];
-        let cpu_inference = direct_conv_applies(&input);
+        let cpu_inference = super::cpu_inference_kernels(&input);
         if cpu_inference && g.kernel == 1 && g.stride > 1 && pads == [(0, 0); 2] {
             // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input;
             // burn-flex runs that as one gemm, where a strided one goes through im2col.

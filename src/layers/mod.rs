@@ -5,6 +5,7 @@ mod conv;
 mod conv_norm_act;
 pub mod direct_conv;
 mod linear;
+pub mod max_pool;
 mod norm;
 pub mod selective_kernel;
 pub mod train_conv;
@@ -24,6 +25,14 @@ pub(crate) fn cpu_training_kernels() -> bool {
         feature = "wgpu",
         feature = "cuda"
     )))
+}
+
+/// Whether a forward pass may use sknet's CPU inference kernels ([`direct_conv`], [`max_pool`]):
+/// f32 on the Flex backend (the only device of builds without a GPU feature), without autodiff.
+pub(crate) fn cpu_inference_kernels(input: &burn::tensor::Tensor<4>) -> bool {
+    cpu_training_kernels()
+        && !input.device().is_autodiff()
+        && input.dtype() == burn::tensor::DType::F32
 }
 
 /// Asserts that two float tensors have the same length and differ by less than `tolerance`
