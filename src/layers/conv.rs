@@ -145,9 +145,9 @@ impl Conv2d {
 
     /// Applies the convolution.
     ///
-    /// In CPU inference, grouped and kxk convs go through [`conv2d_direct`] (several times faster
-    /// than burn-flex's per-group gemm for SK units, and without its layout changes for dense
-    /// ones), 1x1 convs through burn-flex's gemm, strided ones after subsampling. CPU training goes through [`train_conv2d`], whose
+    /// In CPU inference, convs go through [`conv2d_direct`] (several times faster than burn-flex's
+    /// per-group gemm for SK units, without its layout changes for dense ones, and with the bias
+    /// and ReLU applied in the same pass); strided 1x1 convs subsample first. CPU training goes through [`train_conv2d`], whose
     /// backward pass replaces burn's derived one. GPU backends use burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.apply(input, false)
@@ -180,7 +180,7 @@ impl Conv2d {
             [g.dilation, g.dilation],
             g.groups,
         );
-        if (g.groups > 1 || g.kernel > 1) && cpu_inference {
+        if cpu_inference {
             let bias = self.bias.as_ref().map(|b| b.val());
             return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
         }

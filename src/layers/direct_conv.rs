@@ -1,4 +1,4 @@
-//! Direct convolution on the CPU: grouped convs, and dense convs with kernels larger than 1x1.
+//! Convolution on the CPU without burn-flex's layout changes: grouped, dense kxk and 1x1 convs.
 //!
 //! burn-flex runs a grouped convolution as one im2col and one small gemm per group. With the
 //! SK unit's typical 32 groups of 4 to 32 channels, those gemms are too small to use the machine,
@@ -16,6 +16,7 @@
 //! - Dense convs with more than a few input channels, on maps larger than 8x8, are one GEMM per
 //!   kernel tap over the same padded copy (its rows are channels a fixed distance apart, so it
 //!   is the GEMM's operand as it is), accumulated: no im2col copy and no layout change.
+//! - Dense 1x1 convs are one GEMM per image on the input as it is.
 //! - The bias (a folded BatchNorm's shift) and an optional ReLU are applied as the results are
 //!   stored, so conv + BN + ReLU is one pass over the output.
 //!
@@ -300,6 +301,10 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
         return;
     }
     let dense = plan.group_in == plan.in_channels;
+    let unpadded = plan.pads == [(0, 0); 2];
+    if dense && plan.kernel == 1 && plan.stride == 1 && unpadded {
+        return run_pointwise(plan, x, w, bias, relu, out);
+    }
     if dense && plan.group_in > DENSE_BLOCKED_MAX_CHANNELS && plane > DENSE_BLOCKED_MAX_PLANE {
         return run_tapwise_gemm(plan, x, w, bias, relu, out);
     }
@@ -460,6 +465,60 @@ fn run_tapwise_gemm(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool,
         });
 }
 
+/// A dense 1x1 conv: per image, `out = w · x` with `x` as `[in_channels, positions]`, as it is,
+/// computed straight into the output, then the bias (and the ReLU) added in one pass: no zeroed
+/// buffer and no separate bias and activation passes. With an image per thread or more, each
+/// image's GEMM runs on one thread and its epilogue follows while the output is in cache; with
+/// fewer images, the GEMM itself is split over the threads (splitting the output channels
+/// instead made every thread pack the whole input).
+fn run_pointwise(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+    let plane = plan.out_h * plan.out_w;
+    let (m, k) = (plan.out_channels, plan.in_channels);
+    let store = |out_image: &mut [f32], parallel: bool| {
+        let epilogue = |(o, row): (usize, &mut [f32])| {
+            let shift = bias[o];
+            if relu {
+                row.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
+            } else {
+                row.iter_mut().for_each(|v| *v += shift);
+            }
+        };
+        if parallel {
+            out_image
+                .par_chunks_mut(plane)
+                .enumerate()
+                .for_each(epilogue);
+        } else {
+            out_image.chunks_mut(plane).enumerate().for_each(epilogue);
+        }
+    };
+    let gemm = |image: &[f32], out_image: &mut [f32], parallelism| {
+        gemm_strided(
+            [m, plane, k],
+            out_image,
+            [plane, 1],
+            false,
+            w,
+            [k, 1],
+            image,
+            [plane, 1],
+            parallelism,
+        );
+    };
+    if plan.batch >= rayon::current_num_threads() {
+        let images = x.par_chunks(k * plane).zip(out.par_chunks_mut(m * plane));
+        images.for_each(|(image, out_image)| {
+            gemm(image, out_image, gemm::Parallelism::None);
+            store(out_image, false);
+        });
+    } else {
+        for (image, out_image) in x.chunks(k * plane).zip(out.chunks_mut(m * plane)) {
+            gemm(image, out_image, gemm::Parallelism::Rayon(0));
+            store(out_image, true);
+        }
+    }
+}
+
 /// What happens to a computed run on its way to the output.
 struct Epilogue<'a> {
     plan: &'a Plan,
@@ -590,7 +649,8 @@ mod tests {
     /// Compares with burn's convolution (and ReLU) over strides, dilations, groups, kernel sizes
     /// and asymmetric (Keras 'same') padding, on odd sizes; through the blocked kernel (output
     /// channels a group a multiple of 4) and the portable one, with per-group and shared padded
-    /// inputs (few groups: the output channels are split over tasks), and as one GEMM per tap.
+    /// inputs (few groups: the output channels are split over tasks), as one GEMM per tap, and as
+    /// one GEMM (1x1 convs).
     #[test]
     fn matches_burn_conv2d() {
         let device = Device::flex();
@@ -612,6 +672,9 @@ mod tests {
             (8, 12, 1, 3, 2, 2, [(2, 2), (2, 2)], 19, 17),
             (16, 8, 1, 3, 1, 1, [(1, 1), (1, 1)], 9, 11),
             (6, 8, 1, 5, 1, 1, [(1, 3), (2, 2)], 12, 10),
+            // 1x1 convs: one GEMM per image, on one thread (batch 2) or split (batch 1)
+            (24, 40, 1, 1, 1, 1, [(0, 0), (0, 0)], 7, 9),
+            (40, 24, 1, 1, 1, 1, [(0, 0), (0, 0)], 9, 7),
         ];
         for (n, (cin, cout, g, k, s, d, pads, h, w)) in cases.into_iter().enumerate() {
             let batch = 1 + n % 2;

@@ -49,15 +49,9 @@ impl TrainConvOps for Flex {
     }
 }
 
-/// The forward pass: sknet's direct conv (see [`super::direct_conv`]) for grouped and kxk convs,
-/// burn-flex's gemm for 1x1 convs.
+/// The forward pass: sknet's direct conv (see [`super::direct_conv`]).
 fn forward(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
-    let kernel = &weight.layout().shape()[2..];
-    if options.groups > 1 || kernel.iter().any(|&k| k > 1) {
-        direct_conv2d_flex(x, weight, None, options, false)
-    } else {
-        Flex::conv2d(x, weight, None, options)
-    }
+    direct_conv2d_flex(x, weight, None, options, false)
 }
 
 #[derive(Debug)]
