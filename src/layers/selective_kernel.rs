@@ -132,6 +132,12 @@ pub struct SelectiveKernelAttn {
     pub layout: LogitLayout,
 }
 
+/// The global average of a map: `[batch, C, height, width]` -> `[batch, C]`.
+fn global_mean(x: Tensor<4>) -> Tensor<2> {
+    let [b, c, _, _] = x.dims();
+    x.mean_dim(3).mean_dim(2).reshape([b, c])
+}
+
 /// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
 fn pointwise(conv: &Conv2d, x: Tensor<2>) -> Tensor<2> {
     let [o, i, _, _] = conv.weight.shape().dims::<4>();
@@ -149,8 +155,16 @@ impl SelectiveKernelAttn {
     /// - `fused`: `[batch, C, height, width]` (the sum of the branch outputs)
     /// - output: `[batch, M, C]`, summing to 1 over M
     pub fn forward(&self, fused: Tensor<4>) -> Tensor<3> {
-        let [b, c, _, _] = fused.dims();
-        let s = fused.mean_dim(3).mean_dim(2).reshape([b, c]);
+        self.forward_pooled(global_mean(fused))
+    }
+
+    /// Branch weights from the fused map's global average `s`.
+    ///
+    /// # Shapes
+    /// - `s`: `[batch, C]`
+    /// - output: `[batch, M, C]`, summing to 1 over M
+    pub fn forward_pooled(&self, s: Tensor<2>) -> Tensor<3> {
+        let [b, c] = s.dims();
         let mut z = pointwise(&self.fc_reduce, s);
         if let Some(bn) = &self.bn {
             z = relu(bn.forward(z));
@@ -220,11 +234,14 @@ impl SelectiveKernel {
                 .map(|p| p.forward(input.clone()))
                 .collect()
         };
-        let fused = branches
+        // Fuse: the attention only needs the fused map's global average, which is the sum of the
+        // branches' averages; the fused map itself is never formed.
+        let pooled = branches
             .iter()
-            .skip(1)
-            .fold(branches[0].clone(), |acc, u| acc.add(u.clone()));
-        let attention = self.attn.forward(fused);
+            .map(|u| global_mean(u.clone()))
+            .reduce(|acc, s| acc.add(s))
+            .expect("at least two branches");
+        let attention = self.attn.forward_pooled(pooled);
         let [b, _, c] = attention.dims();
         let output = branches
             .into_iter()
