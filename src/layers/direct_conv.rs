@@ -266,7 +266,7 @@ impl PhaseLayout {
 }
 
 /// Floats after the last phase channel: room for the whole blocks the kernels compute past the
-/// end of a run.
+/// end of a run (at most 47 with the AVX-512 kernel, 63 with the portable one).
 const SLACK: usize = CHUNK;
 
 /// Per-thread buffers of [`run`].
@@ -318,12 +318,8 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
     let groups = plan.in_channels / plan.group_in;
     let group_input = plan.group_in * plan.in_h * plan.in_w;
     let taps = starts.len();
-    #[cfg(target_arch = "x86_64")]
-    let blocked = plan.group_out.is_multiple_of(BLOCK_CHANNELS)
-        && std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let blocked = false;
+    let kernel = Kernel::for_plan(plan);
+    let blocked = kernel != Kernel::Portable;
     // Output channels of a task: the group's, or a part of them in whole kernel blocks.
     let unit = if blocked { BLOCK_CHANNELS } else { 1 };
     let units = plan.group_out / unit;
@@ -355,30 +351,23 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
             };
             let first = (group_index % groups) * plan.group_out + part * task_channels;
             if blocked {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    let vectors = block_vectors(plan, &layout);
-                    let padded_run = layout.padded_run(plan, 8 * vectors);
-                    scratch.acc.resize(BLOCK_CHANNELS * padded_run, 0.0);
-                    for (block, out_block) in
-                        out_task.chunks_mut(BLOCK_CHANNELS * plane).enumerate()
-                    {
-                        let o = first + block * BLOCK_CHANNELS;
-                        let weights = &w[o * taps..][..BLOCK_CHANNELS * taps];
-                        let acc = &mut scratch.acc;
-                        // SAFETY: AVX2 and FMA were detected. (The kernel checks that every run
-                        // stays inside `data`.)
-                        unsafe {
-                            match vectors {
-                                1 => accumulate_block::<1>(data, &starts, weights, padded_run, acc),
-                                2 => accumulate_block::<2>(data, &starts, weights, padded_run, acc),
-                                _ => accumulate_block::<3>(data, &starts, weights, padded_run, acc),
-                            }
-                        };
-                        for (c, out_plane) in out_block.chunks_mut(plane).enumerate() {
-                            let acc = &scratch.acc[c * padded_run..][..padded_run];
-                            epilogue.store(acc, bias[o + c], out_plane);
-                        }
+                let vectors = block_vectors(plan, &layout, kernel.lanes());
+                let padded_run = layout.padded_run(plan, kernel.lanes() * vectors);
+                scratch.acc.resize(BLOCK_CHANNELS * padded_run, 0.0);
+                for (block, out_block) in out_task.chunks_mut(BLOCK_CHANNELS * plane).enumerate() {
+                    let o = first + block * BLOCK_CHANNELS;
+                    let weights = &w[o * taps..][..BLOCK_CHANNELS * taps];
+                    kernel.accumulate_block(
+                        vectors,
+                        data,
+                        &starts,
+                        weights,
+                        padded_run,
+                        &mut scratch.acc,
+                    );
+                    for (c, out_plane) in out_block.chunks_mut(plane).enumerate() {
+                        let acc = &scratch.acc[c * padded_run..][..padded_run];
+                        epilogue.store(acc, bias[o + c], out_plane);
                     }
                 }
             } else {
@@ -577,67 +566,178 @@ fn accumulate(data: &[f32], starts: &[usize], weights: &[f32], acc: &mut [f32]) 
 /// many FMAs.
 const BLOCK_CHANNELS: usize = 4;
 
-/// AVX vectors of outputs per channel that the blocked kernel holds in registers: 3 (with
-/// [`BLOCK_CHANNELS`], 12 accumulators, 3 input vectors and a broadcast weight fill the 16 AVX
-/// registers) unless the output is so small that rounding its run up to blocks of 24 wastes more
+/// The kernels for [`run`]'s per-group path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// One output channel at a time, in whatever the compiler makes of it.
+    Portable,
+    /// [`BLOCK_CHANNELS`] output channels at a time in AVX2 registers.
+    Avx2,
+    /// The same in AVX-512 registers: half the instructions and loads of [`Kernel::Avx2`] for the
+    /// same FMAs. On the 2-core AMD machine of BENCHMARKS.md, 1.5 to 2x less time for
+    /// skresnext50's grouped convs and the stem than the AVX2 kernel.
+    Avx512,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests run every kernel the CPU has, not only the best.
+    static FORCED_KERNEL: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx512f") {
+                return Kernel::Avx512;
+            }
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
+                return Kernel::Avx2;
+            }
+        }
+        Kernel::Portable
+    }
+
+    /// The kernel for `plan`: the blocked ones need whole blocks of output channels a group.
+    fn for_plan(plan: &Plan) -> Self {
+        #[cfg(test)]
+        if let Some(kernel) = FORCED_KERNEL.get() {
+            return if plan.group_out.is_multiple_of(BLOCK_CHANNELS) {
+                kernel
+            } else {
+                Kernel::Portable
+            };
+        }
+        if plan.group_out.is_multiple_of(BLOCK_CHANNELS) {
+            Kernel::best()
+        } else {
+            Kernel::Portable
+        }
+    }
+
+    /// Floats a vector register holds.
+    fn lanes(self) -> usize {
+        match self {
+            Kernel::Avx512 => 16,
+            _ => 8,
+        }
+    }
+
+    /// `acc[c][j] = sum over taps t of weights[c][t] * data[starts[t] + j]` for the block's
+    /// channels, through this (blocked) kernel with `vectors` registers a channel.
+    fn accumulate_block(
+        self,
+        vectors: usize,
+        data: &[f32],
+        starts: &[usize],
+        weights: &[f32],
+        padded_run: usize,
+        acc: &mut [f32],
+    ) {
+        // SAFETY: `Kernel::best` found these instruction sets on this CPU (the blocked kernels
+        // are only chosen through it); the kernels check their bounds themselves.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            match (self, vectors) {
+                (Kernel::Avx512, 1) => avx512::<1>(data, starts, weights, padded_run, acc),
+                (Kernel::Avx512, 2) => avx512::<2>(data, starts, weights, padded_run, acc),
+                (Kernel::Avx512, _) => avx512::<3>(data, starts, weights, padded_run, acc),
+                (_, 1) => avx2::<1>(data, starts, weights, padded_run, acc),
+                (_, 2) => avx2::<2>(data, starts, weights, padded_run, acc),
+                (_, _) => avx2::<3>(data, starts, weights, padded_run, acc),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (vectors, data, starts, weights, padded_run, acc);
+            unreachable!("{self:?} is an x86-64 kernel, chosen only there");
+        }
+    }
+}
+
+/// Vector registers of outputs per channel that the blocked kernels hold: 3 (with
+/// [`BLOCK_CHANNELS`], 12 accumulators, 3 input vectors and a broadcast weight fill AVX2's 16
+/// registers) unless the output is so small that rounding its run up to whole blocks wastes more
 /// than fewer vectors cost (7x7 maps: a run of 61 or 73 outputs).
-fn block_vectors(plan: &Plan, layout: &PhaseLayout) -> usize {
+fn block_vectors(plan: &Plan, layout: &PhaseLayout, lanes: usize) -> usize {
     // Relative cost per output of 1 and 2 vectors: more loads per FMA.
-    let cost = |vectors: usize, factor: f64| layout.padded_run(plan, 8 * vectors) as f64 * factor;
+    let cost =
+        |vectors: usize, factor: f64| layout.padded_run(plan, lanes * vectors) as f64 * factor;
     [(3, 1.0), (2, 1.1), (1, 1.35)]
         .into_iter()
         .min_by(|a, b| cost(a.0, a.1).total_cmp(&cost(b.0, b.1)))
         .map_or(3, |(vectors, _)| vectors)
 }
 
-/// The blocked kernel: [`BLOCK_CHANNELS`] output channels of one group at a time, which share
-/// their input taps. `acc[c][j] = sum over taps t of weights[t][c] * data[starts[t] + j]`, for
-/// `j` in whole blocks of `8 * VECTORS` up to `padded_run`: per tap, `VECTORS` input vectors and
-/// four broadcast weights feed `4 * VECTORS` FMAs into accumulators that stay in registers across
-/// all taps.
-/// (The portable kernel does one load per FMA and is bound by loads; this one by the FMA units.)
-///
-/// # Safety
-/// The CPU must have AVX2 and FMA. (Sizes are checked.)
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn accumulate_block<const VECTORS: usize>(
-    data: &[f32],
-    starts: &[usize],
-    weights: &[f32],
-    padded_run: usize,
-    acc: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let taps = starts.len();
-    assert!(weights.len() == taps * BLOCK_CHANNELS);
-    assert!(acc.len() >= BLOCK_CHANNELS * padded_run && padded_run.is_multiple_of(8 * VECTORS));
-    assert!(starts.iter().all(|&s| s + padded_run <= data.len()));
-    let src = data.as_ptr();
-    let dst = acc.as_mut_ptr();
-    for j in (0..padded_run).step_by(8 * VECTORS) {
-        let mut sum = [[_mm256_setzero_ps(); VECTORS]; BLOCK_CHANNELS];
-        for (t, &start) in starts.iter().enumerate() {
-            let p = src.add(start + j);
-            let mut v = [_mm256_setzero_ps(); VECTORS];
-            for (q, v) in v.iter_mut().enumerate() {
-                *v = _mm256_loadu_ps(p.add(8 * q));
-            }
-            let wt = weights.as_ptr().add(t);
-            for (c, row) in sum.iter_mut().enumerate() {
-                let weight = _mm256_broadcast_ss(&*wt.add(c * taps));
-                for (s, &value) in row.iter_mut().zip(&v) {
-                    *s = _mm256_fmadd_ps(weight, value, *s);
+/// Defines a blocked kernel for one instruction set: [`BLOCK_CHANNELS`] output channels of one
+/// group at a time, which share their input taps.
+/// `acc[c][j] = sum over taps t of weights[c][t] * data[starts[t] + j]`, for `j` in whole blocks
+/// of `LANES * VECTORS` up to `padded_run`: per tap, `VECTORS` input vectors and four broadcast
+/// weights feed `4 * VECTORS` FMAs into accumulators that stay in registers across all taps. (The
+/// portable kernel does one load per FMA and is bound by loads.)
+macro_rules! blocked_kernel {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:literal,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU must have ", $features, ". (Sizes are checked.)")]
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const VECTORS: usize>(
+            data: &[f32],
+            starts: &[usize],
+            weights: &[f32],
+            padded_run: usize,
+            acc: &mut [f32],
+        ) {
+            use std::arch::x86_64::*;
+            let taps = starts.len();
+            let block = $lanes * VECTORS;
+            assert!(weights.len() == taps * BLOCK_CHANNELS);
+            assert!(acc.len() >= BLOCK_CHANNELS * padded_run && padded_run.is_multiple_of(block));
+            assert!(starts.iter().all(|&s| s + padded_run <= data.len()));
+            let src = data.as_ptr();
+            let dst = acc.as_mut_ptr();
+            for j in (0..padded_run).step_by(block) {
+                let mut sum = [[$zero(); VECTORS]; BLOCK_CHANNELS];
+                for (t, &start) in starts.iter().enumerate() {
+                    let p = src.add(start + j);
+                    let mut v = [$zero(); VECTORS];
+                    for (q, v) in v.iter_mut().enumerate() {
+                        *v = $load(p.add($lanes * q));
+                    }
+                    let wt = weights.as_ptr().add(t);
+                    for (c, row) in sum.iter_mut().enumerate() {
+                        let weight = $splat(*wt.add(c * taps));
+                        for (s, &value) in row.iter_mut().zip(&v) {
+                            *s = $fma(weight, value, *s);
+                        }
+                    }
+                }
+                for (c, row) in sum.iter().enumerate() {
+                    for (q, &s) in row.iter().enumerate() {
+                        $store(dst.add(c * padded_run + j + $lanes * q), s);
+                    }
                 }
             }
         }
-        for (c, row) in sum.iter().enumerate() {
-            for (q, &s) in row.iter().enumerate() {
-                _mm256_storeu_ps(dst.add(c * padded_run + j + 8 * q), s);
-            }
-        }
-    }
+    };
 }
+
+blocked_kernel!(
+    /// The blocked kernel in AVX2 registers (8 floats).
+    avx2, "avx2,fma", 8,
+    _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps
+);
+blocked_kernel!(
+    /// The blocked kernel in AVX-512 registers (16 floats).
+    avx512, "avx512f", 16,
+    _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+);
 
 #[cfg(test)]
 mod tests {
@@ -646,54 +746,77 @@ mod tests {
     use burn::tensor::module::conv2d;
     use burn::tensor::{Device, Distribution};
 
+    /// (in, out, groups, kernel, stride, dilation, pads, h, w)
+    #[allow(clippy::type_complexity)]
+    const CASES: [(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [(usize, usize); 2],
+        usize,
+        usize,
+    ); 15] = [
+        (8, 8, 4, 3, 1, 1, [(1, 1), (1, 1)], 9, 7),
+        (8, 16, 4, 3, 2, 1, [(1, 1), (1, 1)], 9, 8),
+        (8, 8, 2, 3, 1, 2, [(2, 2), (2, 2)], 7, 10),
+        (12, 6, 3, 5, 2, 1, [(1, 2), (2, 2)], 11, 6),
+        (4, 8, 1, 3, 1, 1, [(0, 0), (0, 0)], 5, 5),
+        (6, 6, 6, 3, 3, 2, [(0, 1), (1, 0)], 13, 12),
+        (4, 4, 2, 3, 1, 1, [(1, 1), (1, 1)], 1, 1),
+        // the ResNet stem's shape, smaller
+        (3, 16, 1, 7, 2, 1, [(3, 3), (3, 3)], 23, 21),
+        (64, 64, 32, 3, 1, 2, [(2, 2), (2, 2)], 7, 7),
+        (32, 32, 1, 1, 1, 1, [(0, 0), (0, 0)], 6, 5),
+        // dense convs with more than 4 channels on maps of more than 64 positions: one GEMM
+        // per tap, in bands of output rows (several per image at batch 1)
+        (8, 12, 1, 3, 2, 2, [(2, 2), (2, 2)], 19, 17),
+        (16, 8, 1, 3, 1, 1, [(1, 1), (1, 1)], 9, 11),
+        (6, 8, 1, 5, 1, 1, [(1, 3), (2, 2)], 12, 10),
+        // 1x1 convs: one GEMM per image, on one thread (batch 2) or split (batch 1)
+        (24, 40, 1, 1, 1, 1, [(0, 0), (0, 0)], 7, 9),
+        (40, 24, 1, 1, 1, 1, [(0, 0), (0, 0)], 9, 7),
+    ];
+
     /// Compares with burn's convolution (and ReLU) over strides, dilations, groups, kernel sizes
-    /// and asymmetric (Keras 'same') padding, on odd sizes; through the blocked kernel (output
-    /// channels a group a multiple of 4) and the portable one, with per-group and shared padded
+    /// and asymmetric (Keras 'same') padding, on odd sizes; through each kernel this CPU has (the
+    /// blocked ones where output channels a group are a multiple of 4), with per-group and shared padded
     /// inputs (few groups: the output channels are split over tasks), as one GEMM per tap, and as
     /// one GEMM (1x1 convs).
     #[test]
     fn matches_burn_conv2d() {
         let device = Device::flex();
-        let cases = [
-            // (in, out, groups, kernel, stride, dilation, pads, h, w)
-            (8, 8, 4, 3, 1, 1, [(1, 1), (1, 1)], 9, 7),
-            (8, 16, 4, 3, 2, 1, [(1, 1), (1, 1)], 9, 8),
-            (8, 8, 2, 3, 1, 2, [(2, 2), (2, 2)], 7, 10),
-            (12, 6, 3, 5, 2, 1, [(1, 2), (2, 2)], 11, 6),
-            (4, 8, 1, 3, 1, 1, [(0, 0), (0, 0)], 5, 5),
-            (6, 6, 6, 3, 3, 2, [(0, 1), (1, 0)], 13, 12),
-            (4, 4, 2, 3, 1, 1, [(1, 1), (1, 1)], 1, 1),
-            // the ResNet stem's shape, smaller
-            (3, 16, 1, 7, 2, 1, [(3, 3), (3, 3)], 23, 21),
-            (64, 64, 32, 3, 1, 2, [(2, 2), (2, 2)], 7, 7),
-            (32, 32, 1, 1, 1, 1, [(0, 0), (0, 0)], 6, 5),
-            // dense convs with more than 4 channels on maps of more than 64 positions: one GEMM
-            // per tap, in bands of output rows (several per image at batch 1)
-            (8, 12, 1, 3, 2, 2, [(2, 2), (2, 2)], 19, 17),
-            (16, 8, 1, 3, 1, 1, [(1, 1), (1, 1)], 9, 11),
-            (6, 8, 1, 5, 1, 1, [(1, 3), (2, 2)], 12, 10),
-            // 1x1 convs: one GEMM per image, on one thread (batch 2) or split (batch 1)
-            (24, 40, 1, 1, 1, 1, [(0, 0), (0, 0)], 7, 9),
-            (40, 24, 1, 1, 1, 1, [(0, 0), (0, 0)], 9, 7),
-        ];
-        for (n, (cin, cout, g, k, s, d, pads, h, w)) in cases.into_iter().enumerate() {
+        let best = Kernel::best();
+        let kernels = [Kernel::Portable, Kernel::Avx2, Kernel::Avx512]
+            .into_iter()
+            .filter(|&k| k == Kernel::Portable || k == best || best == Kernel::Avx512);
+        for kernel in kernels {
+            FORCED_KERNEL.set(Some(kernel));
+            check_cases(&device, kernel);
+        }
+        FORCED_KERNEL.set(None);
+    }
+
+    fn check_cases(device: &Device, kernel: Kernel) {
+        for (n, (cin, cout, g, k, s, d, pads, h, w)) in CASES.into_iter().enumerate() {
             let batch = 1 + n % 2;
-            let x =
-                Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), device);
             let wt = Tensor::<4>::random(
                 [cout, cin / g, k, k],
                 Distribution::Normal(0.0, 1.0),
-                &device,
+                device,
             );
-            let bias = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), &device);
+            let bias = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), device);
             let options = ConvOptions::new_with_padding([s, s], pads, [d, d], g);
             let expected = conv2d(x.clone(), wt.clone(), Some(bias.clone()), options.clone());
             let with_relu = n % 2 == 1;
             let expected = if with_relu { relu(expected) } else { expected };
             let got = conv2d_direct(x, wt, Some(bias), options, with_relu);
-            assert_eq!(got.dims(), expected.dims(), "case {n}");
+            assert_eq!(got.dims(), expected.dims(), "{kernel:?} case {n}");
             let err: f32 = (got - expected).abs().max().into_scalar();
-            assert!(err < 1e-4, "case {n}: max difference {err}");
+            assert!(err < 1e-4, "{kernel:?} case {n}: max difference {err}");
         }
     }
 }
