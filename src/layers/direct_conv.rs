@@ -276,15 +276,17 @@ struct Scratch {
     acc: Vec<f32>,
 }
 
-/// Input channels up to which a dense (one-group) conv goes through the blocked kernel rather than
-/// one GEMM per tap: the ResNet stem (3 channels, 7x7) took 3x less time there. Dense 3x3 convs
-/// with 32 to 256 channels on maps of 14x14 and more took 1.1 to 1.6x less time as GEMMs than in
-/// burn-flex (`examples/grouped_conv.rs`, and per layer in skresnet18).
+/// Input channels up to which a dense (one-group) conv goes through the AVX2 blocked kernel
+/// rather than one GEMM per tap: the ResNet stem (3 channels, 7x7) took 3x less time there. Dense
+/// 3x3 convs with 32 to 256 channels on maps of 14x14 and more took 1.1 to 1.6x less time as GEMMs
+/// than in burn-flex, and less than in the AVX2 kernel (`examples/grouped_conv.rs`, and per layer
+/// in skresnet18). The AVX-512 kernel beat the GEMMs on all of skresnet18's dense convs, at batch 1
+/// (1.1 to 2x) and 8 (up to 1.3x), and takes them all.
 const DENSE_BLOCKED_MAX_CHANNELS: usize = 4;
 /// Output positions a channel up to which dense convs go through the blocked kernel anyway: on 7x7
 /// maps the GEMMs have little to work on per pass over the weights, which are large there (256 to
 /// 512 channels) and are read once per tap; the blocked kernel reads them once. In skresnet18 at
-/// batch 1, 1.4x less time than per-tap GEMMs.
+/// batch 1, 1.4x less time than per-tap GEMMs (AVX2).
 const DENSE_BLOCKED_MAX_PLANE: usize = 64;
 
 /// Tasks the work is cut into at least, per thread, so that threads finish together.
@@ -305,7 +307,12 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
     if dense && plan.kernel == 1 && plan.stride == 1 && unpadded {
         return run_pointwise(plan, x, w, bias, relu, out);
     }
-    if dense && plan.group_in > DENSE_BLOCKED_MAX_CHANNELS && plane > DENSE_BLOCKED_MAX_PLANE {
+    let kernel = Kernel::for_plan(plan);
+    if dense
+        && kernel != Kernel::Avx512
+        && plan.group_in > DENSE_BLOCKED_MAX_CHANNELS
+        && plane > DENSE_BLOCKED_MAX_PLANE
+    {
         return run_tapwise_gemm(plan, x, w, bias, relu, out);
     }
     let layout = PhaseLayout::new(plan);
@@ -318,7 +325,6 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
     let groups = plan.in_channels / plan.group_in;
     let group_input = plan.group_in * plan.in_h * plan.in_w;
     let taps = starts.len();
-    let kernel = Kernel::for_plan(plan);
     let blocked = kernel != Kernel::Portable;
     // Output channels of a task: the group's, or a part of them in whole kernel blocks.
     let unit = if blocked { BLOCK_CHANNELS } else { 1 };
