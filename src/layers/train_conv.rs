@@ -539,6 +539,8 @@ mod tests {
             (2, 3, 5, 12, 10, [5, 3], 2, 1, 1, [(1, 2), (0, 1)]),
             (5, 16, 32, 6, 6, [3, 3], 1, 1, 8, [(1, 1), (1, 1)]),
             (1, 4, 4, 3, 3, [3, 3], 1, 3, 1, [(3, 3), (3, 3)]),
+            // stride 1, asymmetric padding
+            (2, 4, 8, 7, 9, [3, 3], 1, 1, 2, [(0, 2), (2, 1)]),
         ];
         for (i, &(b, cin, cout, h, w, k, s, d, g, pad)) in cases.iter().enumerate() {
             let options = ConvOptions::new_with_padding([s, s], pad, [d, d], g);
