@@ -80,7 +80,7 @@ impl DirectConvOps for Flex {
 }
 
 /// The direct convolution on Flex tensors: `conv2d(x, weight) + bias`, then a ReLU if `relu` is
-/// set. Also the forward pass of CPU training's grouped convs ([`super::train_conv`]).
+/// set. Also the forward pass of CPU training's convs ([`super::train_conv`]).
 pub(crate) fn direct_conv2d_flex(
     x: FlexTensor,
     weight: FlexTensor,
@@ -93,9 +93,13 @@ pub(crate) fn direct_conv2d_flex(
     let square = kernel[0] == kernel[1]
         && options.stride[0] == options.stride[1]
         && options.dilation[0] == options.dilation[1];
-    if !(square && is_f32(&x) && is_f32(&weight) && bias.as_ref().is_none_or(is_f32)) {
+    // The padded input holds at least one window.
+    let span = options.dilation[0] * (kernel[0].max(1) - 1) + 1;
+    let input = &x.layout().shape()[2..];
+    let fits = (0..2).all(|i| input[i] + options.padding[i].0 + options.padding[i].1 >= span);
+    if !(square && fits && is_f32(&x) && is_f32(&weight) && bias.as_ref().is_none_or(is_f32)) {
         // The kernels are f32, with square kernels, strides and dilations (all that sknet's
-        // layers make); anything else keeps burn-flex's convolution.
+        // layers make); anything else keeps burn-flex's convolution (and its errors).
         let out = Flex::conv2d(x, weight, bias, options);
         return if relu { Flex::relu(out) } else { out };
     }
