@@ -6,7 +6,7 @@ use burn::nn::Initializer;
 use burn::tensor::activation::relu;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{s, Device, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use super::direct_conv::conv2d_direct;
 use super::train_conv::train_conv2d;
@@ -147,7 +147,7 @@ impl Conv2d {
     ///
     /// In CPU inference, convs go through [`conv2d_direct`] (several times faster than burn-flex's
     /// per-group gemm for SK units, without its layout changes for dense ones, and with the bias
-    /// and ReLU applied in the same pass); strided 1x1 convs subsample first. CPU training goes through [`train_conv2d`], whose
+    /// and ReLU applied in the same pass). CPU training goes through [`train_conv2d`], whose
     /// backward pass replaces burn's derived one. GPU backends use burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.apply(input, false)
@@ -162,25 +162,13 @@ impl Conv2d {
         let [_, _, h, w] = input.dims();
         let g = self.geometry;
         let pads = [g.pads(h), g.pads(w)];
-        let cpu_inference = super::cpu_inference_kernels(&input);
-        if cpu_inference && g.kernel == 1 && g.stride > 1 && pads == [(0, 0); 2] {
-            // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input;
-            // burn-flex runs that as one gemm, where a strided one goes through im2col.
-            let input = input.slice(s![.., .., ..;g.stride, ..;g.stride]);
-            let unstrided = Self {
-                weight: self.weight.clone(),
-                bias: self.bias.clone(),
-                geometry: ConvGeometry { stride: 1, ..g },
-            };
-            return unstrided.apply(input, then_relu);
-        }
         let options = ConvOptions::new_with_padding(
             [g.stride, g.stride],
             pads,
             [g.dilation, g.dilation],
             g.groups,
         );
-        if cpu_inference {
+        if super::cpu_inference_kernels(&input) {
             let bias = self.bias.as_ref().map(|b| b.val());
             return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
         }

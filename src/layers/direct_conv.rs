@@ -307,9 +307,29 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
         return;
     }
     let dense = plan.group_in == plan.in_channels;
-    let unpadded = plan.pads == [(0, 0); 2];
-    if dense && plan.kernel == 1 && plan.stride == 1 && unpadded {
-        return run_pointwise(plan, x, w, bias, relu, out);
+    if dense && plan.kernel == 1 && plan.pads == [(0, 0); 2] {
+        if plan.stride == 1 {
+            return run_pointwise(plan, x, w, bias, relu, out);
+        }
+        // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input.
+        let mut subsampled = vec![0f32; x.len() / (plan.in_h * plan.in_w) * plane];
+        subsampled
+            .par_chunks_mut(plane)
+            .zip(x.par_chunks(plan.in_h * plan.in_w))
+            .for_each(|(dst, channel)| {
+                let rows = channel.chunks(plan.in_w).step_by(plan.stride);
+                let values = rows.flat_map(|row| row.iter().step_by(plan.stride));
+                for (d, &v) in dst.iter_mut().zip(values) {
+                    *d = v;
+                }
+            });
+        let plan = Plan {
+            in_h: plan.out_h,
+            in_w: plan.out_w,
+            stride: 1,
+            ..*plan
+        };
+        return run_pointwise(&plan, &subsampled, w, bias, relu, out);
     }
     let kernel = Kernel::for_plan(plan);
     if dense
@@ -614,15 +634,11 @@ impl Kernel {
     /// The kernel for `plan`: the blocked ones need whole blocks of output channels a group.
     fn for_plan(plan: &Plan) -> Self {
         #[cfg(test)]
-        if let Some(kernel) = FORCED_KERNEL.get() {
-            return if plan.group_out.is_multiple_of(BLOCK_CHANNELS) {
-                kernel
-            } else {
-                Kernel::Portable
-            };
-        }
+        let best = FORCED_KERNEL.get().unwrap_or_else(Kernel::best);
+        #[cfg(not(test))]
+        let best = Kernel::best();
         if plan.group_out.is_multiple_of(BLOCK_CHANNELS) {
-            Kernel::best()
+            best
         } else {
             Kernel::Portable
         }
@@ -768,7 +784,7 @@ mod tests {
         [(usize, usize); 2],
         usize,
         usize,
-    ); 15] = [
+    ); 17] = [
         (8, 8, 4, 3, 1, 1, [(1, 1), (1, 1)], 9, 7),
         (8, 16, 4, 3, 2, 1, [(1, 1), (1, 1)], 9, 8),
         (8, 8, 2, 3, 1, 2, [(2, 2), (2, 2)], 7, 10),
@@ -788,6 +804,9 @@ mod tests {
         // 1x1 convs: one GEMM per image, on one thread (batch 2) or split (batch 1)
         (24, 40, 1, 1, 1, 1, [(0, 0), (0, 0)], 7, 9),
         (40, 24, 1, 1, 1, 1, [(0, 0), (0, 0)], 9, 7),
+        // strided 1x1 convs (projection shortcuts): the subsampled input's 1x1 conv
+        (16, 24, 1, 1, 2, 1, [(0, 0), (0, 0)], 9, 8),
+        (8, 8, 1, 1, 3, 1, [(0, 0), (0, 0)], 7, 7),
     ];
 
     /// Compares with burn's convolution (and ReLU) over strides, dilations, groups, kernel sizes
