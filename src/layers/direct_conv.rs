@@ -36,21 +36,21 @@ use super::gemm_strided;
 
 /// Everything the kernel needs besides the data.
 #[derive(Debug, Clone, Copy)]
-struct Plan {
-    batch: usize,
-    in_channels: usize,
-    in_h: usize,
-    in_w: usize,
-    out_channels: usize,
-    out_h: usize,
-    out_w: usize,
-    group_in: usize,
-    group_out: usize,
-    kernel: usize,
-    stride: usize,
-    dilation: usize,
+pub(super) struct Plan {
+    pub(super) batch: usize,
+    pub(super) in_channels: usize,
+    pub(super) in_h: usize,
+    pub(super) in_w: usize,
+    pub(super) out_channels: usize,
+    pub(super) out_h: usize,
+    pub(super) out_w: usize,
+    pub(super) group_in: usize,
+    pub(super) group_out: usize,
+    pub(super) kernel: usize,
+    pub(super) stride: usize,
+    pub(super) dilation: usize,
     /// (begin, end) padding of height and width.
-    pads: [(usize, usize); 2],
+    pub(super) pads: [(usize, usize); 2],
 }
 
 /// The direct convolution as a Flex backend extension, so that it reads burn-flex's buffers in
@@ -153,7 +153,7 @@ pub fn conv2d_direct(
 }
 
 impl Plan {
-    fn new(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Self {
+    pub(super) fn new(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Self {
         let (stride, dilation) = (options.stride[0], options.dilation[0]);
         let kernel = w[2];
         let span = dilation * (kernel - 1) + 1;
@@ -180,17 +180,17 @@ impl Plan {
 /// phases: `phase[py][px][i][j] = padded[i * s + py][j * s + px]`. Every kernel tap then reads one
 /// contiguous run of a phase plane, whatever the stride, dilation or padding.
 #[derive(Debug, Clone, Copy)]
-struct PhaseLayout {
+pub(super) struct PhaseLayout {
     /// Rows of a phase plane.
     height: usize,
     /// Columns of a phase plane: the row pitch of every run computed over it.
-    width: usize,
+    pub(super) width: usize,
     /// Floats of one input channel's phases.
     channel: usize,
 }
 
 impl PhaseLayout {
-    fn new(plan: &Plan) -> Self {
+    pub(super) fn new(plan: &Plan) -> Self {
         let s = plan.stride;
         let padded_h = plan.in_h + plan.pads[0].0 + plan.pads[0].1;
         let padded_w = plan.in_w + plan.pads[1].0 + plan.pads[1].1;
@@ -214,7 +214,7 @@ impl PhaseLayout {
 
     /// Writes the phases of `input` (one group's channels) into `phases`, padding included,
     /// with [`SLACK`] zeros after them.
-    fn fill(&self, plan: &Plan, input: &[f32], phases: &mut Vec<f32>) {
+    pub(super) fn fill(&self, plan: &Plan, input: &[f32], phases: &mut Vec<f32>) {
         phases.clear();
         phases.resize(plan.group_in * self.channel + SLACK, 0.0);
         self.fill_into(plan, input, phases);
@@ -250,7 +250,7 @@ impl PhaseLayout {
 
     /// Where each (input channel, kernel tap) of a group starts its run in the group's phases, in
     /// the weights' order (channel, then tap row, then tap column).
-    fn tap_starts(&self, plan: &Plan) -> Vec<usize> {
+    pub(super) fn tap_starts(&self, plan: &Plan) -> Vec<usize> {
         let (k, s, d) = (plan.kernel, plan.stride, plan.dilation);
         let phase_plane = self.height * self.width;
         let mut starts = Vec::with_capacity(plan.group_in * k * k);
@@ -598,7 +598,7 @@ const BLOCK_CHANNELS: usize = 4;
 
 /// The kernels for [`run`]'s per-group path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kernel {
+pub(super) enum Kernel {
     /// One output channel at a time, in whatever the compiler makes of it.
     Portable,
     /// [`BLOCK_CHANNELS`] output channels at a time in AVX2 registers.
@@ -612,12 +612,12 @@ enum Kernel {
 #[cfg(test)]
 thread_local! {
     /// Tests run every kernel the CPU has, not only the best.
-    static FORCED_KERNEL: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
+    pub(super) static FORCED_KERNEL: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
 }
 
 impl Kernel {
     /// The fastest kernel this CPU runs.
-    fn best() -> Self {
+    pub(super) fn best() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             let fma = std::arch::is_x86_feature_detected!("fma");
@@ -632,7 +632,7 @@ impl Kernel {
     }
 
     /// The kernel for `plan`: the blocked ones need whole blocks of output channels a group.
-    fn for_plan(plan: &Plan) -> Self {
+    pub(super) fn for_plan(plan: &Plan) -> Self {
         #[cfg(test)]
         let best = FORCED_KERNEL.get().unwrap_or_else(Kernel::best);
         #[cfg(not(test))]
@@ -645,7 +645,7 @@ impl Kernel {
     }
 
     /// Floats a vector register holds.
-    fn lanes(self) -> usize {
+    pub(super) fn lanes(self) -> usize {
         match self {
             Kernel::Avx512 => 16,
             _ => 8,

@@ -10,6 +10,7 @@ mod norm;
 pub mod selective_kernel;
 pub mod train_conv;
 pub mod train_norm;
+mod weight_grad;
 
 pub use conv::{Conv2d, ConvGeometry};
 pub use conv_norm_act::ConvNormAct;
