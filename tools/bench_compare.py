@@ -1,6 +1,6 @@
 """sknet against PyTorch (timm), in one run, on this machine, with the same thread count.
 
-    cargo build --release && python tools/bench_compare.py [--threads 2] [--runs 5] [--rounds 3]
+    cargo build --release && python tools/bench_compare.py [--threads 2] [--runs 5] [--rounds 3] [--only train]
 
 Each case runs in fresh processes on each side (so peak memory is the case's own), the sides taking turns for
 --rounds rounds (the machine's speed drifts; turns spread a slow spell over all sides): inference at batch 1 and 8
@@ -99,6 +99,7 @@ def main():
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3, help="processes per side and case, taking turns")
+    ap.add_argument("--only", help="run only the cases whose name ('train sknet-tiny', ...) contains this")
     args = ap.parse_args()
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
     try:
@@ -118,6 +119,8 @@ def main():
         return json.loads(subprocess.check_output(cmd, env=env))
 
     for mode, arch, batch, size in CASES:
+        if args.only and args.only not in f"{mode} {arch}":
+            continue
         cmd = [SKNET, "bench", "--arch", arch, "--batch", str(batch), "--input", str(size), "--runs",
                str(args.runs), "--warmup", "1" if mode == "train" else "2", "--json"]
         if mode == "train":
