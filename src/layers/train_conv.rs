@@ -652,6 +652,8 @@ mod tests {
             (3, 16, 48, 9, 7, [3, 3], 1, 1, 1, [(1, 1), (1, 1)]),
             (2, 10, 64, 11, 10, [3, 3], 2, 2, 2, [(2, 2), (2, 2)]),
             (2, 32, 32, 6, 6, [3, 3], 1, 1, 1, [(0, 1), (1, 0)]),
+            // 8 output channels a group: AVX2 vectors even where AVX-512 is the best kernel
+            (2, 16, 16, 9, 9, [3, 3], 1, 1, 2, [(1, 1), (1, 1)]),
         ];
         for (i, &(b, cin, cout, h, w, k, s, d, g, pad)) in cases.iter().enumerate() {
             let options = ConvOptions::new_with_padding([s, s], pad, [d, d], g);

@@ -14,7 +14,7 @@
 //! GEMM's packing) and ran tiny GEMMs for grouped convs.
 //!
 //! Used by [`super::train_conv`] for kxk convs whose output channels a group fill whole vectors
-//! (16 with AVX-512, 8 with AVX2); others keep im2col + GEMM.
+//! (16 with AVX-512, 8 with AVX2, which AVX-512 CPUs also have); others keep im2col + GEMM.
 
 use rayon::prelude::*;
 
@@ -63,7 +63,11 @@ pub(super) fn weight_grad(
         return None;
     }
     let plan = Plan::new(&x_shape, &w_shape, options);
-    let kernel = Kernel::for_plan(&plan);
+    let kernel = match Kernel::for_plan(&plan) {
+        // 8 output channels a group (skresnext50's second stage) fill AVX2 vectors, not AVX-512.
+        Kernel::Avx512 if !plan.group_out.is_multiple_of(16) => Kernel::Avx2,
+        kernel => kernel,
+    };
     let lanes = kernel.lanes();
     if plan.kernel == 1 || kernel == Kernel::Portable || !plan.group_out.is_multiple_of(lanes) {
         return None;
