@@ -8,6 +8,7 @@ mod linear;
 pub mod max_pool;
 mod norm;
 pub mod selective_kernel;
+pub mod sk_select;
 pub mod train_conv;
 pub mod train_norm;
 mod weight_grad;
@@ -34,6 +35,20 @@ pub(crate) fn cpu_inference_kernels(input: &burn::tensor::Tensor<4>) -> bool {
     cpu_training_kernels()
         && !input.device().is_autodiff()
         && input.dtype() == burn::tensor::DType::F32
+}
+
+/// A contiguous `f32` Flex tensor of `shape` holding `data` (row-major).
+pub(crate) fn flex_f32(data: Vec<f32>, shape: &[usize]) -> burn::backend::flex::FlexTensor {
+    burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(
+        data,
+        burn::tensor::Shape::from(shape.to_vec()),
+    ))
+}
+
+/// The four dimensions of a 4-d Flex tensor.
+pub(crate) fn dims4(t: &burn::backend::flex::FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
 }
 
 /// Asserts that two float tensors have the same length and differ by less than `tolerance`

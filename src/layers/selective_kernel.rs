@@ -242,6 +242,14 @@ impl SelectiveKernel {
             .reduce(|acc, s| acc.add(s))
             .expect("at least two branches");
         let attention = self.attn.forward_pooled(pooled);
+        if let [u0, u1] = branches.as_slice() {
+            if super::cpu_training_kernels() && super::sk_select::supports(u0, u1, &attention) {
+                // One pass forward and backward instead of two multiplies and an add.
+                let output =
+                    super::sk_select::sk_select2(u0.clone(), u1.clone(), attention.clone());
+                return (output, attention);
+            }
+        }
         let [b, _, c] = attention.dims();
         let output = branches
             .into_iter()

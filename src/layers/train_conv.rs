@@ -27,12 +27,12 @@ use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::direct_conv::direct_conv2d_flex;
-use super::gemm_strided;
 use super::weight_grad::weight_grad;
+use super::{dims4, flex_f32, gemm_strided};
 
 /// A conv2d whose backward pass on the CPU is [`conv2d_backward`].
 #[backend_extension(Flex, Autodiff)]
@@ -446,11 +446,6 @@ pub fn conv2d_backward(
     (dx, dw)
 }
 
-fn dims4(t: &FlexTensor) -> [usize; 4] {
-    let s = t.layout().shape();
-    [s[0], s[1], s[2], s[3]]
-}
-
 /// The plan of `conv2d(x, weight, options)`.
 fn plan_for(x: &FlexTensor, weight: &FlexTensor, options: &ConvOptions<2>) -> ConvPlan {
     let [batch, in_channels, h, w] = dims4(x);
@@ -479,10 +474,6 @@ fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
     let t = t.to_contiguous();
     debug_assert_eq!(t.dtype(), DType::F32);
     t
-}
-
-fn flex_tensor(data: Vec<f32>, shape: [usize; 4]) -> FlexTensor {
-    FlexTensor::from_data(burn::tensor::TensorData::new(data, Shape::new(shape)))
 }
 
 /// [`conv2d_backward`] on Flex tensors of any layout.
@@ -542,8 +533,8 @@ fn conv2d_backward_flex(
         (None, None)
     };
     (
-        dx_direct.or_else(|| dx.map(|d| flex_tensor(d, x_shape))),
-        dw_direct.or(dw).map(|d| flex_tensor(d, w_shape)),
+        dx_direct.or_else(|| dx.map(|d| flex_f32(d, &x_shape))),
+        dw_direct.or(dw).map(|d| flex_f32(d, &w_shape)),
     )
 }
 
@@ -591,9 +582,9 @@ fn input_grad_direct(
             }
         }
     }
-    let flipped = flex_tensor(
+    let flipped = flex_f32(
         flipped,
-        [plan.in_channels, go, plan.kernel[0], plan.kernel[1]],
+        &[plan.in_channels, go, plan.kernel[0], plan.kernel[1]],
     );
     let options = ConvOptions::new_with_padding([1, 1], padding, plan.dilation, plan.groups);
     Some(direct_conv2d_flex(

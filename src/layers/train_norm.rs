@@ -17,8 +17,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, ExtensionType, Flex};
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
+
+use super::flex_f32 as flex;
 
 /// The normalized input and the batch statistics it used.
 #[derive(ExtensionType)]
@@ -163,7 +165,7 @@ fn split_dims(shape: &[usize]) -> [usize; 3] {
 
 /// `Σ f(a_i, b_i)` over two equal-length runs, in 16 independent `f32` lanes (which the compiler
 /// vectorizes) summed into an `f64`: a plane holds at most a few thousand values.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     const LANES: usize = 16;
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -298,10 +300,6 @@ fn values(t: &FlexTensor) -> FlexTensor {
 
 fn f32_values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous")
-}
-
-fn flex(data: Vec<f32>, shape: &[usize]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, Shape::from(shape.to_vec())))
 }
 
 fn forward_flex(
