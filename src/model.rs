@@ -7,7 +7,6 @@
 
 use crate::layers::max_pool::{max_pool2d_direct, PoolWindow};
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
@@ -273,7 +272,11 @@ impl SkNet {
             Some(bn) => bn.forward(x),
             None => x,
         };
-        relu(self.bn1.forward(self.conv1.forward(x)))
+        if self.bn1.folded {
+            // Inference: the BN is in the conv's bias, and the ReLU is applied as it stores.
+            return self.conv1.forward_relu(x);
+        }
+        self.bn1.forward_relu(self.conv1.forward(x))
     }
 
     fn run_stages(

@@ -2,7 +2,6 @@
 //! (`conv.weight`, `bn.weight`, ...).
 
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry};
@@ -48,11 +47,11 @@ impl ConvNormAct {
         if self.bn.folded && self.relu {
             return self.conv.forward_relu(input);
         }
-        let x = self.bn.forward(self.conv.forward(input));
+        let x = self.conv.forward(input);
         if self.relu {
-            relu(x)
+            self.bn.forward_relu(x)
         } else {
-            x
+            self.bn.forward(x)
         }
     }
 

@@ -3,7 +3,7 @@
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
 use burn::tensor::module::{batch_norm, batch_norm_train};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{activation, Device, Tensor};
 
 use super::train_norm::train_batch_norm;
 use super::{cpu_training_kernels, Conv2d};
@@ -71,10 +71,28 @@ impl BatchNorm2d {
 
     /// Applies the normalization.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.normalize(input, false)
+    }
+
+    /// Applies the normalization, then a ReLU. In CPU training (`f32`) the two are one pass
+    /// forward and one backward ([`train_batch_norm`]).
+    pub fn forward_relu<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        self.normalize(input, true)
+    }
+
+    fn normalize<const D: usize>(&self, input: Tensor<D>, relu: bool) -> Tensor<D> {
+        let device = input.device();
+        let fused = cpu_training_kernels()
+            && !self.folded
+            && device.is_autodiff()
+            && self.training.is_enabled()
+            && input.dtype() == burn::tensor::DType::F32;
+        if relu && !fused {
+            return activation::relu(self.normalize(input, false));
+        }
         if self.folded {
             return input;
         }
-        let device = input.device();
         if !(device.is_autodiff() && self.training.is_enabled()) {
             return batch_norm(
                 input,
@@ -94,7 +112,7 @@ impl BatchNorm2d {
             .product();
         let (weight, bias, eps) = (self.weight.val(), self.bias.val(), self.config.eps);
         let result = if cpu_training_kernels() {
-            let r = train_batch_norm(input, weight, bias, eps);
+            let r = train_batch_norm(input, weight, bias, eps, relu);
             BatchStatistics {
                 output: r.output,
                 mean: r.mean,

@@ -13,7 +13,7 @@
 //! on z, channel-major logits).
 
 use burn::module::Module;
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
 use super::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry, ConvNormAct};
@@ -167,7 +167,7 @@ impl SelectiveKernelAttn {
         let [b, c] = s.dims();
         let mut z = pointwise(&self.fc_reduce, s);
         if let Some(bn) = &self.bn {
-            z = relu(bn.forward(z));
+            z = bn.forward_relu(z);
         }
         let logits = pointwise(&self.fc_select, z);
         let m = self.fc_select.out_channels() / c;

@@ -14,7 +14,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::ModuleOps;
+use burn::backend::ops::{ActivationOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, ExtensionType, Flex};
 use burn::tensor::{DType, Tensor};
@@ -37,12 +37,14 @@ pub struct TrainBatchNorm<B: Backend> {
 /// [`batch_norm_apply`] and [`batch_norm_backward`].
 #[backend_extension(Flex, Autodiff)]
 pub trait TrainNormOps: Backend {
-    /// Normalizes `x` (`[batch, channels, ...]`) per channel with its batch statistics.
+    /// Normalizes `x` (`[batch, channels, ...]`) per channel with its batch statistics, then
+    /// applies a ReLU when `relu` is set.
     fn train_batch_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> TrainBatchNorm<Self>;
 }
 
@@ -52,24 +54,53 @@ impl TrainNormOps for Flex {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> TrainBatchNorm<Self> {
-        forward_flex(&x, &gamma, &beta, epsilon)
+        forward_flex(&x, &gamma, &beta, epsilon, relu)
     }
 }
 
 #[derive(Debug)]
 struct TrainNormBackward;
 
+/// How the backward pass finds where a fused ReLU passed the gradient.
+#[derive(Debug, Clone)]
+enum ReluMask {
+    /// No ReLU.
+    None,
+    /// From the BN's output recomputed with this `beta` (`f32`).
+    Recompute(FlexTensor),
+    /// From the stored output (other float types).
+    Output(FlexTensor),
+}
+
 impl Backward<Flex, 3> for TrainNormBackward {
-    type State = (FlexTensor, FlexTensor, FlexTensor, FlexTensor, f64);
+    /// Input, gamma, mean, variance, epsilon, and the output when a ReLU followed and the
+    /// tensors are not `f32` (the `f32` pass recomputes the ReLU's mask instead).
+    type State = (
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        FlexTensor,
+        f64,
+        ReluMask,
+    );
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
-        let (x, gamma, mean, variance, epsilon) = ops.state;
+        let (x, gamma, mean, variance, epsilon, relu) = ops.state;
         let (dx, dgamma, dbeta) = if is_f32(&[&x, &gamma, &grad]) {
-            backward_flex(&x, &gamma, &mean, &variance, epsilon, &grad)
+            let beta = match relu {
+                ReluMask::Recompute(beta) => Some(beta),
+                _ => None,
+            };
+            backward_flex(&x, &gamma, beta.as_ref(), &mean, &variance, epsilon, &grad)
         } else {
+            let grad = match relu {
+                ReluMask::Output(output) => Flex::relu_backward(output, grad),
+                _ => grad,
+            };
             let b = Flex::batch_norm_train_backward(x, gamma, mean, variance, epsilon, grad);
             (b.x_grad, b.gamma_grad, b.beta_grad)
         };
@@ -91,6 +122,7 @@ impl<C: CheckpointStrategy> TrainNormOps for Autodiff<Flex, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu: bool,
     ) -> TrainBatchNorm<Self> {
         let prep = TrainNormBackward
             .prepare::<C>([x.node(), gamma.node(), beta.node()])
@@ -101,7 +133,12 @@ impl<C: CheckpointStrategy> TrainNormOps for Autodiff<Flex, C> {
             gamma.into_primitive(),
             beta.into_primitive(),
         );
-        let result = forward_flex(&x, &gamma, &beta, epsilon);
+        let result = forward_flex(&x, &gamma, &beta, epsilon, relu);
+        let mask = match (relu, is_f32(&[&x, &gamma, &beta])) {
+            (false, _) => ReluMask::None,
+            (true, true) => ReluMask::Recompute(beta),
+            (true, false) => ReluMask::Output(result.output.clone()),
+        };
         let output = match prep {
             OpsKind::Tracked(prep) => prep.finish(
                 (
@@ -110,6 +147,7 @@ impl<C: CheckpointStrategy> TrainNormOps for Autodiff<Flex, C> {
                     result.mean.clone(),
                     result.variance.clone(),
                     epsilon,
+                    mask,
                 ),
                 result.output,
             ),
@@ -134,7 +172,8 @@ pub struct TrainBatchNormOutput<const D: usize> {
     pub variance: Tensor<1>,
 }
 
-/// `burn::tensor::module::batch_norm_train` through [`TrainNormOps`].
+/// `burn::tensor::module::batch_norm_train` through [`TrainNormOps`], followed by a ReLU when
+/// `relu` is set (one pass forward and backward instead of two).
 ///
 /// # Shapes
 /// - x: `[batch, channels, ...]`, output likewise
@@ -144,12 +183,14 @@ pub fn train_batch_norm<const D: usize>(
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
+    relu: bool,
 ) -> TrainBatchNormOutput<D> {
     let result = <Dispatch as TrainNormOps>::train_batch_norm(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        relu,
     );
     TrainBatchNormOutput {
         output: Tensor::from_dispatch(result.output),
@@ -210,12 +251,13 @@ fn inv_std(variance: &[f32], epsilon: f64) -> Vec<f32> {
         .collect()
 }
 
-/// `y = (x - mean) * inv_std * gamma + beta` per channel.
+/// `y = (x - mean) * inv_std * gamma + beta` per channel, then `max(y, 0)` when `relu` is set.
 pub fn batch_norm_apply(
     x: &[f32],
     dims: [usize; 3],
     [mean, variance, gamma, beta]: [&[f32]; 4],
     epsilon: f64,
+    relu: bool,
 ) -> Vec<f32> {
     let [batch, channels, pixels] = dims;
     assert_eq!(x.len(), batch * channels * pixels, "batch norm: input size");
@@ -228,8 +270,14 @@ pub fn batch_norm_apply(
             let c = plane % channels;
             let scale = inv[c] * gamma[c];
             let shift = beta[c] - mean[c] * scale;
-            for (y, &x) in y.iter_mut().zip(x) {
-                *y = x * scale + shift;
+            if relu {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = (x * scale + shift).max(0.0);
+                }
+            } else {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = x * scale + shift;
+                }
             }
         });
     y
@@ -238,11 +286,15 @@ pub fn batch_norm_apply(
 /// Gradients of [`batch_norm_apply`] with the batch statistics for the output gradient `dy`:
 /// `(dx, dgamma, dbeta)`, with `x̂ = (x - mean) * inv_std`,
 /// `dbeta = Σ dy`, `dgamma = Σ dy x̂` and `dx = gamma inv_std (dy - mean(dy) - x̂ mean(dy x̂))`.
+/// With `relu_beta` (the BN's shift, when a ReLU followed), `dy` is first zeroed where the
+/// normalized output `x̂ gamma + beta` is not positive, as the ReLU's gradient does; the mask is
+/// recomputed on the way instead of being stored.
 pub fn batch_norm_backward(
     x: &[f32],
     dy: &[f32],
     dims: [usize; 3],
     [mean, variance, gamma]: [&[f32]; 3],
+    relu_beta: Option<&[f32]>,
     epsilon: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let [batch, channels, pixels] = dims;
@@ -257,15 +309,24 @@ pub fn batch_norm_backward(
         &t[(n * channels + c) * pixels..][..pixels]
     }
     let cp = [channels, pixels];
+    // The ReLU's gate for channel c: the output gradient where the BN's output was positive.
+    let gate = |c: usize| {
+        let (m, s, gm) = (mean[c], inv[c], gamma[c]);
+        let shift = relu_beta.map(|beta| beta[c]);
+        move |x: f32, g: f32| match shift {
+            Some(b) if (x - m) * s * gm + b <= 0.0 => 0.0,
+            _ => g,
+        }
+    };
     let (dgamma, dbeta): (Vec<f32>, Vec<f32>) = (0..channels)
         .into_par_iter()
         .map(|c| {
             let (mut dg, mut db) = (0f64, 0f64);
-            let (m, s) = (mean[c], inv[c]);
+            let (m, s, gate) = (mean[c], inv[c], gate(c));
             for n in 0..batch {
                 let (x, g) = (plane(x, cp, n, c), plane(dy, cp, n, c));
-                db += lane_sum(g, g, |g, _| g);
-                dg += lane_sum(x, g, |x, g| g * ((x - m) * s));
+                db += lane_sum(x, g, &gate);
+                dg += lane_sum(x, g, |x, g| gate(x, g) * ((x - m) * s));
             }
             (dg as f32, db as f32)
         })
@@ -278,13 +339,14 @@ pub fn batch_norm_backward(
             let (n, c) = (index / channels, index % channels);
             let (mean_dy, mean_dy_xhat) = (dbeta[c] / count, dgamma[c] / count);
             let scale = gamma[c] * inv[c];
+            let gate = gate(c);
             for ((dx, &x), &g) in dx
                 .iter_mut()
                 .zip(plane(x, cp, n, c))
                 .zip(plane(dy, cp, n, c))
             {
                 let xhat = (x - mean[c]) * inv[c];
-                *dx = scale * (g - mean_dy - xhat * mean_dy_xhat);
+                *dx = scale * (gate(x, g) - mean_dy - xhat * mean_dy_xhat);
             }
         });
     (dx, dgamma, dbeta)
@@ -307,11 +369,12 @@ fn forward_flex(
     gamma: &FlexTensor,
     beta: &FlexTensor,
     epsilon: f64,
+    relu: bool,
 ) -> TrainBatchNorm<Flex> {
     if !is_f32(&[x, gamma, beta]) {
         let r = Flex::batch_norm_train(x.clone(), gamma.clone(), beta.clone(), epsilon);
         return TrainBatchNorm {
-            output: r.output,
+            output: if relu { Flex::relu(r.output) } else { r.output },
             mean: r.mean,
             variance: r.variance,
         };
@@ -323,7 +386,7 @@ fn forward_flex(
     let (mean, variance) = batch_norm_stats(xs, dims);
     let gamma = f32_values(&gamma);
     let beta = f32_values(&beta);
-    let output = batch_norm_apply(xs, dims, [&mean, &variance, gamma, beta], epsilon);
+    let output = batch_norm_apply(xs, dims, [&mean, &variance, gamma, beta], epsilon, relu);
     TrainBatchNorm {
         output: flex(output, &shape),
         mean: flex(mean, &[dims[1]]),
@@ -334,6 +397,7 @@ fn forward_flex(
 fn backward_flex(
     x: &FlexTensor,
     gamma: &FlexTensor,
+    relu_beta: Option<&FlexTensor>,
     mean: &FlexTensor,
     variance: &FlexTensor,
     epsilon: f64,
@@ -342,11 +406,13 @@ fn backward_flex(
     let shape = x.layout().shape().to_vec();
     let dims = split_dims(&shape);
     let [x, gamma, mean, variance, grad] = [x, gamma, mean, variance, grad].map(values);
+    let beta = relu_beta.map(values);
     let (dx, dgamma, dbeta) = batch_norm_backward(
         f32_values(&x),
         f32_values(&grad),
         dims,
         [f32_values(&mean), f32_values(&variance), f32_values(&gamma)],
+        beta.as_ref().map(f32_values),
         epsilon,
     );
     (
@@ -362,12 +428,15 @@ mod tests {
     use burn::tensor::{Device, Distribution};
 
     /// Output, statistics and gradients equal burn's `batch_norm_train` and its backward, for
-    /// images, a 1x1 map (the SK attention's BN) and a single image.
+    /// images, a 1x1 map (the SK attention's BN) and a single image, each without and with the
+    /// fused ReLU (against burn's `relu` after the BN).
     #[test]
     fn matches_burn_batch_norm_train() {
         let device = Device::flex().autodiff();
-        for (case, dims) in [[4, 6, 5, 7], [8, 16, 1, 1], [1, 3, 4, 4]]
+        let shapes = [[4, 6, 5, 7], [8, 16, 1, 1], [1, 3, 4, 4]];
+        for (case, (dims, relu)) in shapes
             .into_iter()
+            .flat_map(|dims| [(dims, false), (dims, true)])
             .enumerate()
         {
             let x = Tensor::<4>::random(dims, Distribution::Normal(0.5, 2.0), &device);
@@ -383,7 +452,7 @@ mod tests {
                     beta.clone().detach().require_grad(),
                 );
                 let (out, mean, var) = if ours {
-                    let r = train_batch_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+                    let r = train_batch_norm(x.clone(), gamma.clone(), beta.clone(), 1e-5, relu);
                     (r.output, r.mean, r.variance)
                 } else {
                     let r = burn::tensor::module::batch_norm_train(
@@ -392,7 +461,12 @@ mod tests {
                         beta.clone(),
                         1e-5,
                     );
-                    (r.output, r.mean, r.variance)
+                    let out = if relu {
+                        burn::tensor::activation::relu(r.output)
+                    } else {
+                        r.output
+                    };
+                    (out, r.mean, r.variance)
                 };
                 let grads = (out.clone() * probe.clone()).sum().backward();
                 [
