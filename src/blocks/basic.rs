@@ -1,7 +1,7 @@
 //! timm's `SelectiveKernelBasic` (skresnet18/34): the SK conv replaces the first 3x3 conv.
 
+use crate::layers::residual_relu;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::shortcut::{fold_projection, projection_macs, projection_params, shortcut, Projection};
@@ -65,7 +65,7 @@ impl BasicBlock {
             sink.push(a);
         }
         let x = self.conv2.forward(x);
-        relu(x.add(shortcut(&self.downsample, input)))
+        residual_relu(x, shortcut(&self.downsample, input))
     }
 
     pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {

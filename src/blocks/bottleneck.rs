@@ -1,7 +1,7 @@
 //! The SK bottleneck: the paper's SKNet unit and timm's `SelectiveKernelBottleneck`.
 
+use crate::layers::residual_relu;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::basic::sum_params;
@@ -78,7 +78,7 @@ impl BottleneckBlock {
             sink.push(a);
         }
         let x = self.conv3.forward(x);
-        relu(x.add(shortcut(&self.downsample, input)))
+        residual_relu(x, shortcut(&self.downsample, input))
     }
 
     pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {

@@ -5,8 +5,8 @@
 //! ReLU before the residual add; the shortcut is projected whenever the input width differs from
 //! the output width (so the stride sits in the SK branches and in the shortcut conv).
 
+use crate::layers::residual_relu;
 use burn::module::Module;
-use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
 use super::basic::sum_params;
@@ -91,7 +91,7 @@ impl KerasSeedBlock {
             sink.push(a);
         }
         let x = self.conv3.forward(self.bn2.forward(x));
-        relu(x.add(shortcut(&self.downsample, input)))
+        residual_relu(x, shortcut(&self.downsample, input))
     }
 
     pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {

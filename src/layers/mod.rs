@@ -1,6 +1,7 @@
 //! Building blocks below the residual block: convolution, normalization, the classifier layer and
 //! the selective kernel unit.
 
+pub mod add_relu;
 mod conv;
 mod conv_norm_act;
 pub mod direct_conv;
@@ -37,12 +38,55 @@ pub(crate) fn cpu_inference_kernels(input: &burn::tensor::Tensor<4>) -> bool {
         && input.dtype() == burn::tensor::DType::F32
 }
 
+/// `relu(x + shortcut)`, the end of a residual block: one pass ([`add_relu`]) where sknet's CPU
+/// kernels run, tensor ops elsewhere.
+pub(crate) fn residual_relu(
+    x: burn::tensor::Tensor<4>,
+    shortcut: burn::tensor::Tensor<4>,
+) -> burn::tensor::Tensor<4> {
+    if cpu_training_kernels() && add_relu::supports(&x, &shortcut) {
+        add_relu::add_relu(x, shortcut)
+    } else {
+        burn::tensor::activation::relu(x.add(shortcut))
+    }
+}
+
 /// A contiguous `f32` Flex tensor of `shape` holding `data` (row-major).
 pub(crate) fn flex_f32(data: Vec<f32>, shape: &[usize]) -> burn::backend::flex::FlexTensor {
     burn::backend::flex::FlexTensor::from_data(burn::tensor::TensorData::new(
         data,
         burn::tensor::Shape::from(shape.to_vec()),
     ))
+}
+
+/// `t` itself when contiguous (moved, so that a buffer it holds alone stays unshared), else a
+/// contiguous copy. `what` names the op in the message if `t` is not `f32`.
+pub(crate) fn into_contiguous_f32(
+    t: burn::backend::flex::FlexTensor,
+    what: &str,
+) -> burn::backend::flex::FlexTensor {
+    assert_eq!(
+        t.dtype(),
+        burn::tensor::DType::F32,
+        "{what} takes f32 tensors"
+    );
+    if t.is_contiguous() {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+/// The values of contiguous `t` for writing in place: `Some` when `t` holds its whole buffer
+/// (`len` floats) alone, so that an op can reuse it instead of allocating its output.
+pub(crate) fn unique_f32_mut(
+    t: &mut burn::backend::flex::FlexTensor,
+    len: usize,
+) -> Option<&mut [f32]> {
+    if t.layout().contiguous_offsets() != Some((0, len)) {
+        return None;
+    }
+    t.try_storage_mut::<f32>().filter(|s| s.len() == len)
 }
 
 /// The four dimensions of a 4-d Flex tensor.

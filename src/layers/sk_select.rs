@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::train_norm::lane_sum;
-use super::{dims4, flex_f32 as flex};
+use super::{dims4, flex_f32 as flex, into_contiguous_f32, unique_f32_mut};
 
 /// The two-path select with a handwritten backward pass on `Autodiff<Flex>`.
 #[backend_extension(Flex, Autodiff)]
@@ -188,24 +188,13 @@ fn forward(u0: FlexTensor, u1: &FlexTensor, attention: &FlexTensor) -> FlexTenso
             }
         }
     };
-    assert_eq!(u0.dtype(), DType::F32, "sk_select2 takes f32 tensors");
-    // Moved, not copied, when contiguous: a copy would share the buffer and make it not unique.
-    let mut u0 = if u0.is_contiguous() {
-        u0
-    } else {
-        u0.to_contiguous()
-    };
-    let whole = u0.layout().contiguous_offsets() == Some((0, x1.len()));
-    if whole {
-        if let Some(storage) = u0.try_storage_mut::<f32>() {
-            if storage.len() == x1.len() {
-                storage
-                    .par_chunks_mut(plane.max(1))
-                    .enumerate()
-                    .for_each(|(index, out)| select(index, out, None));
-                return u0;
-            }
-        }
+    let mut u0 = into_contiguous_f32(u0, "sk_select2");
+    if let Some(storage) = unique_f32_mut(&mut u0, x1.len()) {
+        storage
+            .par_chunks_mut(plane.max(1))
+            .enumerate()
+            .for_each(|(index, out)| select(index, out, None));
+        return u0;
     }
     let x0 = f32s(&u0);
     let mut out = vec![0f32; x0.len()];
