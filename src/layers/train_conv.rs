@@ -9,7 +9,7 @@
 //!   transposed weight, through the direct kernel ([`super::direct_conv`]), except for dense
 //!   convs on small maps;
 //! - the weight gradient of a kxk conv whose output channels a group fill whole vector registers
-//!   comes from [`super::weight_grad`], which reads the padded input directly;
+//!   comes from `layers/weight_grad.rs`, which reads the padded input directly;
 //! - everything else is the classic im2col + GEMM formulation, one pass over the batch per
 //!   image and group: `dW_g += dY_g · col(x)_gᵀ` with `col(x)` the unfolded input patches, and
 //!   `dX_g = col2im(W_gᵀ · dY_g)`.
