@@ -89,22 +89,15 @@ pub(crate) fn direct_conv2d_flex(
     relu: bool,
 ) -> FlexTensor {
     let is_f32 = |t: &FlexTensor| t.dtype() == DType::F32;
-    let kernel = &weight.layout().shape()[2..];
-    let square = kernel[0] == kernel[1]
-        && options.stride[0] == options.stride[1]
-        && options.dilation[0] == options.dilation[1];
-    // The padded input holds at least one window.
-    let span = options.dilation[0] * (kernel[0].max(1) - 1) + 1;
-    let input = &x.layout().shape()[2..];
-    let fits = (0..2).all(|i| input[i] + options.padding[i].0 + options.padding[i].1 >= span);
-    if !(square && fits && is_f32(&x) && is_f32(&weight) && bias.as_ref().is_none_or(is_f32)) {
-        // The kernels are f32, with square kernels, strides and dilations (all that sknet's
-        // layers make); anything else keeps burn-flex's convolution (and its errors).
+    let plan = Plan::checked(x.layout().shape(), weight.layout().shape(), &options);
+    let f32s = is_f32(&x) && is_f32(&weight) && bias.as_ref().is_none_or(is_f32);
+    let Some(plan) = plan.filter(|_| f32s) else {
+        // The kernels are f32 (all that sknet's layers make); anything else keeps burn-flex's
+        // convolution (and its errors).
         let out = Flex::conv2d(x, weight, bias, options);
         return if relu { Flex::relu(out) } else { out };
-    }
+    };
     let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-    let plan = Plan::new(x.layout().shape(), weight.layout().shape(), &options);
     let bias = match bias {
         Some(bias) => bias.to_contiguous(),
         None => FlexTensor::from_data(TensorData::new(
@@ -153,7 +146,19 @@ pub fn conv2d_direct(
 }
 
 impl Plan {
-    pub(super) fn new(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Self {
+    /// The plan of `conv2d(x, w, options)` (shapes `x` and `w`) where the kernels apply: square
+    /// kernel, stride and dilation (all that sknet's layers make), and a padded input that holds
+    /// at least one window. `None` otherwise.
+    pub(super) fn checked(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Option<Self> {
+        let square = w[2] == w[3]
+            && options.stride[0] == options.stride[1]
+            && options.dilation[0] == options.dilation[1];
+        let span = options.dilation[0] * (w[2].max(1) - 1) + 1;
+        let fits = (0..2).all(|i| x[2 + i] + options.padding[i].0 + options.padding[i].1 >= span);
+        (square && fits).then(|| Self::new(x, w, options))
+    }
+
+    fn new(x: &[usize], w: &[usize], options: &ConvOptions<2>) -> Self {
         let (stride, dilation) = (options.stride[0], options.dilation[0]);
         let kernel = w[2];
         let span = dilation * (kernel - 1) + 1;

@@ -325,7 +325,7 @@ pub fn batch_norm_backward(
             let (m, s, gate) = (mean[c], inv[c], gate(c));
             for n in 0..batch {
                 let (x, g) = (plane(x, cp, n, c), plane(dy, cp, n, c));
-                db += lane_sum(x, g, &gate);
+                db += lane_sum(x, g, gate);
                 dg += lane_sum(x, g, |x, g| gate(x, g) * ((x - m) * s));
             }
             (dg as f32, db as f32)

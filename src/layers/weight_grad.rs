@@ -40,7 +40,8 @@ struct Scratch {
 
 /// `dW` of `y = conv2d(x, w)` for the output gradient `dy`, in `w`'s layout
 /// (`[out_channels, in_channels / groups, k, k]`), or `None` where this kernel does not apply
-/// (1x1 kernels, no AVX2, output channels a group not a multiple of the vector width).
+/// (1x1 kernels, no AVX2, output channels a group not a multiple of the vector width, shapes the
+/// forward kernel does not take: see `Plan::checked`).
 ///
 /// # Shapes
 /// - x: `[batch, in_channels, h, w]` given as `x_shape`, contiguous
@@ -53,16 +54,7 @@ pub(super) fn weight_grad(
     dy: &[f32],
     options: &burn::tensor::ops::ConvOptions<2>,
 ) -> Option<Vec<f32>> {
-    let [kh, kw] = [w_shape[2], w_shape[3]];
-    let span = options.dilation[0] * (kh.max(1) - 1) + 1;
-    let fits = (0..2).all(|i| x_shape[2 + i] + options.padding[i].0 + options.padding[i].1 >= span);
-    let square = kh == kw
-        && options.stride[0] == options.stride[1]
-        && options.dilation[0] == options.dilation[1];
-    if !(square && fits) {
-        return None;
-    }
-    let plan = Plan::new(&x_shape, &w_shape, options);
+    let plan = Plan::checked(&x_shape, &w_shape, options)?;
     let kernel = match Kernel::for_plan(&plan) {
         // 8 output channels a group (skresnext50's second stage) fill AVX2 vectors, not AVX-512.
         Kernel::Avx512 if !plan.group_out.is_multiple_of(16) => Kernel::Avx2,

@@ -70,7 +70,7 @@ impl ModuleMapper for Step<'_> {
             let device = value.device();
             let mut values = f32_vec(value);
             let grad = f32_vec(grad);
-            let mut buffer = self.buffers.remove(&path).map(|b| f32_vec(b));
+            let mut buffer = self.buffers.remove(&path).map(f32_vec);
             update_in_place(&mut values, &grad, &mut buffer, self.config, decay, self.lr);
             if let Some(buffer) = buffer {
                 self.buffers.insert(
