@@ -89,10 +89,57 @@ pub(crate) fn unique_f32_mut(
     t.try_storage_mut::<f32>().filter(|s| s.len() == len)
 }
 
+/// `dst = srcᵀ` for `src` of `rows x cols` (row-major), in 8x8 blocks: a row-by-row transposition
+/// strides through memory on one side, and reading many rows a cache line at a time defeats the
+/// prefetcher, while a block reads 8 lines and writes 8.
+pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const BLOCK: usize = 8;
+    assert_eq!(src.len(), rows * cols);
+    assert_eq!(dst.len(), rows * cols);
+    let (full_rows, full_cols) = (rows - rows % BLOCK, cols - cols % BLOCK);
+    for c0 in (0..full_cols).step_by(BLOCK) {
+        for r0 in (0..full_rows).step_by(BLOCK) {
+            let block: [&[f32]; BLOCK] =
+                std::array::from_fn(|i| &src[(r0 + i) * cols + c0..][..BLOCK]);
+            for j in 0..BLOCK {
+                let out = &mut dst[(c0 + j) * rows + r0..][..BLOCK];
+                for (o, row) in out.iter_mut().zip(&block) {
+                    *o = row[j];
+                }
+            }
+        }
+    }
+    // The ragged edges: the last columns of the full rows, then the last rows.
+    for r in 0..rows {
+        let columns = if r < full_rows { full_cols..cols } else { 0..cols };
+        for c in columns {
+            dst[c * rows + r] = src[r * cols + c];
+        }
+    }
+}
+
 /// The four dimensions of a 4-d Flex tensor.
 pub(crate) fn dims4(t: &burn::backend::flex::FlexTensor) -> [usize; 4] {
     let s = t.layout().shape();
     [s[0], s[1], s[2], s[3]]
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every block and edge case lands where an element-by-element transposition puts it.
+    #[test]
+    fn transpose_matches_elementwise() {
+        for (rows, cols) in [(8, 8), (32, 1024), (24, 49), (13, 7), (1, 9), (16, 3)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            super::transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+                }
+            }
+        }
+    }
 }
 
 /// Asserts that two float tensors have the same length and differ by less than `tolerance`

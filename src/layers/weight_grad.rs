@@ -27,9 +27,6 @@ const ENTRIES_AVX512: usize = 12;
 /// The same for AVX2's 16 registers: 12 accumulators, two gradient vectors and a broadcast.
 const ENTRIES_AVX2: usize = 6;
 
-/// Output positions transposed together.
-const TRANSPOSE_TILE: usize = 16;
-
 /// Per-split buffers: the padded input of one (image, group), the transposed output gradient,
 /// and the split's weight gradient, entry-major (`[group][entry][out channel]`).
 struct Scratch {
@@ -103,16 +100,7 @@ pub(super) fn weight_grad(
                 );
                 // Position-major output gradient: the block's channels are one vector load.
                 let dy_g = &dy[n * out_len + g * go * plane..][..go * plane];
-                // In tiles of positions, so that the rows written stay in cache.
-                for p0 in (0..plane).step_by(TRANSPOSE_TILE) {
-                    let tile = TRANSPOSE_TILE.min(plane - p0);
-                    let dst = &mut scratch.dy_t[p0 * go..][..tile * go];
-                    for (o, row) in dy_g.chunks_exact(plane).enumerate() {
-                        for (p, &v) in row[p0..p0 + tile].iter().enumerate() {
-                            dst[p * go + o] = v;
-                        }
-                    }
-                }
+                super::transpose(dy_g, go, plane, &mut scratch.dy_t);
                 let dw_g = &mut scratch.dw_t[g * entries * go..][..entries * go];
                 for (b, starts) in padded_starts.chunks_exact(block).enumerate() {
                     let first = b * block;
@@ -160,13 +148,12 @@ pub(super) fn weight_grad(
     // [group][entry][o] -> [group][o][entry], which is the weight's layout.
     let mut dw = vec![0f32; w_len];
     for g in 0..groups {
-        let src = &dw_t[g * entries * go..][..entries * go];
-        let dst = &mut dw[g * go * entries..][..go * entries];
-        for (e, row) in src.chunks_exact(go).enumerate() {
-            for (o, &v) in row.iter().enumerate() {
-                dst[o * entries + e] = v;
-            }
-        }
+        super::transpose(
+            &dw_t[g * entries * go..][..entries * go],
+            entries,
+            go,
+            &mut dw[g * go * entries..][..go * entries],
+        );
     }
     Some(dw)
 }
