@@ -20,7 +20,8 @@
 //! - The bias (a folded BatchNorm's shift) and an optional ReLU are applied as the results are
 //!   stored, so conv + BN + ReLU is one pass over the output.
 //!
-//! It is a Flex backend extension, so it reads burn-flex's buffers in place. It computes forward
+//! It is a Flex backend extension, so it reads burn-flex's buffers in place, a window of a
+//! tensor's channels too (the SK unit's split input: see [`Images`]). It computes forward
 //! passes only: inference (see [`Conv2d::forward`](super::Conv2d::forward)) and the forward half
 //! of CPU training's convs ([`super::train_conv`]). The GPU backends keep burn's convolution.
 
@@ -51,6 +52,68 @@ pub(super) struct Plan {
     pub(super) dilation: usize,
     /// (begin, end) padding of height and width.
     pub(super) pads: [(usize, usize); 2],
+}
+
+/// A conv's input as the kernels read it: image `n` is the `image_len` values from
+/// `n * image_stride` of `data`. Besides a contiguous tensor, this is a window of the channels of
+/// a contiguous one (what `narrow(1, ..)` makes: the SK unit's split input), read in place
+/// instead of copied.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Images<'a> {
+    data: &'a [f32],
+    image_stride: usize,
+    image_len: usize,
+}
+
+impl<'a> Images<'a> {
+    /// The images of `x` (`[batch, channels, h, w]`, f32) where `x` is contiguous or a channel
+    /// window of a contiguous tensor; `None` for other layouts.
+    pub(super) fn of(x: &'a FlexTensor) -> Option<Self> {
+        let layout = x.layout();
+        let (shape, strides) = (layout.shape(), layout.strides());
+        if x.dtype() != DType::F32 || shape.num_dims() != 4 {
+            return None;
+        }
+        let [batch, channels, h, w] = [shape[0], shape[1], shape[2], shape[3]];
+        let image_len = channels * h * w;
+        let inner = [(h * w) as isize, w as isize, 1];
+        // Strides of size-1 dims do not matter (and views may set them to anything).
+        let inner_ok = (1..4).all(|d| shape[d] == 1 || strides[d] == inner[d - 1]);
+        let image_stride = match (batch, strides[0]) {
+            (1, _) => image_len,
+            (_, s) if s >= image_len as isize => s as usize,
+            _ => return None,
+        };
+        let start = layout.start_offset();
+        let end = start + batch.saturating_sub(1) * image_stride + image_len;
+        let storage = x.storage::<f32>();
+        (inner_ok && end <= storage.len()).then(|| Self {
+            data: &storage[start..end],
+            image_stride,
+            image_len,
+        })
+    }
+
+    /// Image `n`'s `part`-th run of `len` values (a group's channels when `len` is its size).
+    pub(super) fn part(&self, n: usize, part: usize, len: usize) -> &'a [f32] {
+        debug_assert!((part + 1) * len <= self.image_len);
+        &self.data[n * self.image_stride + part * len..][..len]
+    }
+
+    /// The images one after another: the data itself when they are, else a copy.
+    pub(super) fn compact(&self) -> std::borrow::Cow<'a, [f32]> {
+        if self.image_stride == self.image_len {
+            std::borrow::Cow::Borrowed(self.data)
+        } else {
+            std::borrow::Cow::Owned(
+                self.data
+                    .chunks(self.image_stride)
+                    .flat_map(|image| &image[..self.image_len])
+                    .copied()
+                    .collect(),
+            )
+        }
+    }
 }
 
 /// The direct convolution as a Flex backend extension, so that it reads burn-flex's buffers in
@@ -97,7 +160,13 @@ pub(crate) fn direct_conv2d_flex(
         let out = Flex::conv2d(x, weight, bias, options);
         return if relu { Flex::relu(out) } else { out };
     };
-    let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+    // A channel window (the SK unit's split input) is read in place; other views are copied.
+    let x = if Images::of(&x).is_some() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let weight = weight.to_contiguous();
     let bias = match bias {
         Some(bias) => bias.to_contiguous(),
         None => FlexTensor::from_data(TensorData::new(
@@ -108,7 +177,7 @@ pub(crate) fn direct_conv2d_flex(
     let mut out = vec![0f32; plan.batch * plan.out_channels * plan.out_h * plan.out_w];
     run(
         &plan,
-        x.as_slice::<f32>().expect("contiguous f32"),
+        Images::of(&x).expect("contiguous f32"),
         weight.as_slice::<f32>().expect("contiguous f32"),
         bias.as_slice::<f32>().expect("contiguous f32"),
         relu,
@@ -312,13 +381,14 @@ const TASKS_PER_THREAD: usize = 4;
 /// channels are computed from it, so the input makes one trip through memory. With few groups
 /// (dense convs, small batches), each group's output channels are split over several tasks, which
 /// read one shared copy of the padded input.
-fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
+fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let plane = plan.out_h * plan.out_w;
     if out.is_empty() {
         return;
     }
     let dense = plan.group_in == plan.in_channels;
     if dense && plan.kernel == 1 && plan.pads == [(0, 0); 2] {
+        let x = &images.compact();
         if plan.stride == 1 {
             return run_pointwise(plan, x, w, bias, relu, out);
         }
@@ -348,7 +418,7 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
         && plan.group_in > DENSE_BLOCKED_MAX_CHANNELS
         && plane > DENSE_BLOCKED_MAX_PLANE
     {
-        return run_tapwise_gemm(plan, x, w, bias, relu, out);
+        return run_tapwise_gemm(plan, &images.compact(), w, bias, relu, out);
     }
     let layout = PhaseLayout::new(plan);
     let starts = layout.tap_starts(plan);
@@ -371,11 +441,15 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
         .unwrap_or(units);
     let task_channels = plan.group_out / parts;
     let shared = (parts > 1).then(|| {
-        let mut phases = vec![0f32; x.len() / group_input * plan.group_in * layout.channel + SLACK];
+        let mut phases = vec![0f32; plan.batch * groups * plan.group_in * layout.channel + SLACK];
         phases
             .par_chunks_mut(plan.group_in * layout.channel)
-            .zip(x.par_chunks(group_input))
-            .for_each(|(dst, src)| layout.fill_into(plan, src, dst));
+            .take(plan.batch * groups)
+            .enumerate()
+            .for_each(|(index, dst)| {
+                let src = images.part(index / groups, index % groups, group_input);
+                layout.fill_into(plan, src, dst)
+            });
         phases
     });
     out.par_chunks_mut(task_channels * plane)
@@ -385,7 +459,8 @@ fn run(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f
             let data: &[f32] = match &shared {
                 Some(phases) => &phases[group_index * plan.group_in * layout.channel..],
                 None => {
-                    let input = &x[group_index * group_input..][..group_input];
+                    let input =
+                        images.part(group_index / groups, group_index % groups, group_input);
                     layout.fill(plan, input, &mut scratch.phases);
                     &scratch.phases
                 }
@@ -839,10 +914,35 @@ mod tests {
         FORCED_KERNEL.set(None);
     }
 
+    /// A channel window of a contiguous tensor is read in place, image by image; other views are
+    /// not taken for one.
+    #[test]
+    fn images_of_channel_windows() {
+        let values: Vec<f32> = (0..2 * 5 * 2 * 3).map(|v| v as f32).collect();
+        let x = FlexTensor::from_data(TensorData::new(values, Shape::new([2, 5, 2, 3])));
+        let window = x.narrow(1, 1, 3);
+        let images = Images::of(&window).expect("a channel window");
+        // Image 1, channels 1..4 of the full tensor: from 30 + 6.
+        let expected: Vec<f32> = (36..54).map(|v| v as f32).collect();
+        assert_eq!(images.part(1, 0, 18), expected.as_slice());
+        let compact = images.compact();
+        assert_eq!(&compact[18..], expected.as_slice());
+        for view in [x.transpose(2, 3), x.narrow(2, 1, 1)] {
+            assert!(Images::of(&view).is_none());
+        }
+    }
+
     fn check_cases(device: &Device, kernel: Kernel) {
         for (n, (cin, cout, g, k, s, d, pads, h, w)) in CASES.into_iter().enumerate() {
             let batch = 1 + n % 2;
-            let x = Tensor::<4>::random([batch, cin, h, w], Distribution::Normal(0.0, 1.0), device);
+            // Two cases in three read a window of a larger input's channels, in place.
+            let extra = if n % 3 == 0 { 0 } else { 5 };
+            let x = Tensor::<4>::random(
+                [batch, cin + extra, h, w],
+                Distribution::Normal(0.0, 1.0),
+                device,
+            )
+            .narrow(1, extra.min(1), cin);
             let wt = Tensor::<4>::random(
                 [cout, cin / g, k, k],
                 Distribution::Normal(0.0, 1.0),

@@ -111,7 +111,11 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
     }
     // The ragged edges: the last columns of the full rows, then the last rows.
     for r in 0..rows {
-        let columns = if r < full_rows { full_cols..cols } else { 0..cols };
+        let columns = if r < full_rows {
+            full_cols..cols
+        } else {
+            0..cols
+        };
         for c in columns {
             dst[c * rows + r] = src[r * cols + c];
         }
@@ -135,7 +139,11 @@ mod tests {
             super::transpose(&src, rows, cols, &mut dst);
             for r in 0..rows {
                 for c in 0..cols {
-                    assert_eq!(dst[c * rows + r], src[r * cols + c], "{rows}x{cols} at ({r}, {c})");
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
                 }
             }
         }

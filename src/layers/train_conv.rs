@@ -30,7 +30,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::direct_conv::direct_conv2d_flex;
+use super::direct_conv::{direct_conv2d_flex, Images};
 use super::weight_grad::weight_grad;
 use super::{dims4, flex_f32, gemm_strided};
 
@@ -497,26 +497,29 @@ fn conv2d_backward_flex(
         "conv backward: output gradient shape"
     );
     let (x_shape, w_shape) = (dims4(x), dims4(weight));
-    let (x, weight, grad) = (
-        contiguous_f32(x),
-        contiguous_f32(weight),
-        contiguous_f32(grad),
-    );
+    // Only the weight gradient reads x: a channel window (the SK unit's split input) in place.
+    let x = if Images::of(x).is_some() {
+        x.clone()
+    } else {
+        contiguous_f32(x)
+    };
+    let (weight, grad) = (contiguous_f32(weight), contiguous_f32(grad));
+    let images = Images::of(&x).expect("contiguous f32");
     let dx_direct = if need_dx {
         input_grad_direct(&plan, &weight, &grad, options)
     } else {
         None
     };
     let need_dx = need_dx && dx_direct.is_none();
-    let [xs, ws, gs] = [&x, &weight, &grad].map(|t| t.as_slice::<f32>().expect("contiguous"));
+    let [ws, gs] = [&weight, &grad].map(|t| t.as_slice::<f32>().expect("contiguous"));
     let dw_direct = if need_dw {
-        weight_grad(xs, x_shape, w_shape, gs, options)
+        weight_grad(images, x_shape, w_shape, gs, options)
     } else {
         None
     };
     let need_dw = need_dw && dw_direct.is_none();
     let (dx, dw) = if need_dx || need_dw {
-        conv2d_backward(&plan, xs, ws, gs, need_dx, need_dw)
+        conv2d_backward(&plan, &images.compact(), ws, gs, need_dx, need_dw)
     } else {
         (None, None)
     };
@@ -637,7 +640,14 @@ mod tests {
         ];
         for (i, &(b, cin, cout, h, w, k, s, d, g, pad)) in cases.iter().enumerate() {
             let options = ConvOptions::new_with_padding([s, s], pad, [d, d], g);
-            let x = Tensor::<4>::random([b, cin, h, w], Distribution::Normal(0.0, 1.0), &device);
+            // Every other case convolves a window of the input's channels (the SK unit's split
+            // input), which the kernels read in place: x's gradient is zero outside it.
+            let extra = if i % 2 == 1 { 3 } else { 0 };
+            let x = Tensor::<4>::random(
+                [b, cin + extra, h, w],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
             let wt = Tensor::<4>::random(
                 [cout, cin / g, k[0], k[1]],
                 Distribution::Normal(0.0, 1.0),
@@ -654,10 +664,14 @@ mod tests {
             let run = |ours: bool| {
                 let x = x.clone().detach().require_grad();
                 let wt = wt.clone().detach().require_grad();
+                let input = match extra {
+                    0 => x.clone(),
+                    _ => x.clone().narrow(1, 2, cin),
+                };
                 let y = if ours {
-                    train_conv2d(x.clone(), wt.clone(), options.clone())
+                    train_conv2d(input, wt.clone(), options.clone())
                 } else {
-                    burn::tensor::module::conv2d(x.clone(), wt.clone(), None, options.clone())
+                    burn::tensor::module::conv2d(input, wt.clone(), None, options.clone())
                 };
                 let out = y.clone().inner().into_data();
                 let grads = probe(y).backward();

@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use super::direct_conv::{Kernel, PhaseLayout, Plan};
+use super::direct_conv::{Images, Kernel, PhaseLayout, Plan};
 
 /// Entries (input channel, tap) whose sums the AVX-512 kernel holds in registers: with two
 /// vectors of output channels, 24 accumulators, two gradient vectors and a broadcast fill 27 of
@@ -41,11 +41,11 @@ struct Scratch {
 /// forward kernel does not take: see `Plan::checked`).
 ///
 /// # Shapes
-/// - x: `[batch, in_channels, h, w]` given as `x_shape`, contiguous
+/// - x: `[batch, in_channels, h, w]` given as `x_shape`
 /// - w: `w_shape` = `[out_channels, in_channels / groups, k, k]`
 /// - dy: `[batch, out_channels, h', w']`, contiguous
 pub(super) fn weight_grad(
-    x: &[f32],
+    x: Images,
     x_shape: [usize; 4],
     w_shape: [usize; 4],
     dy: &[f32],
@@ -76,10 +76,6 @@ pub(super) fn weight_grad(
     let (go, plane) = (plan.group_out, plan.out_h * plan.out_w);
     let group_input = plan.group_in * plan.in_h * plan.in_w;
     let out_len = plan.out_channels * plane;
-    assert_eq!(
-        x.len(),
-        plan.batch * plan.in_channels * plan.in_h * plan.in_w
-    );
     assert_eq!(dy.len(), plan.batch * out_len);
     let w_len = plan.out_channels * entries;
 
@@ -93,11 +89,7 @@ pub(super) fn weight_grad(
             },
             |mut scratch, task| {
                 let (n, g) = (task / groups, task % groups);
-                layout.fill(
-                    &plan,
-                    &x[(n * groups + g) * group_input..][..group_input],
-                    &mut scratch.phases,
-                );
+                layout.fill(&plan, x.part(n, g, group_input), &mut scratch.phases);
                 // Position-major output gradient: the block's channels are one vector load.
                 let dy_g = &dy[n * out_len + g * go * plane..][..go * plane];
                 super::transpose(dy_g, go, plane, &mut scratch.dy_t);
