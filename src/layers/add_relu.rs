@@ -18,7 +18,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::{flex_f32, into_contiguous_f32, unique_f32_mut};
+use super::{flex_f32, into_contiguous_f32, output_buffer, unique_f32_mut};
 
 /// Elements a parallel task handles.
 const TASK: usize = 1 << 14;
@@ -50,7 +50,8 @@ impl Backward<Flex, 2> for AddReluBackward {
         let shape = output.layout().shape().to_vec();
         let (grad, output) = (contiguous(grad), contiguous(output));
         let (g, out) = (f32s(&grad), f32s(&output));
-        let mut gated = vec![0f32; g.len()];
+        // SAFETY: every element is written below (chunks of equal-length buffers, zipped).
+        let mut gated = unsafe { output_buffer(g.len()) };
         gated
             .par_chunks_mut(TASK)
             .zip(g.par_chunks(TASK).zip(out.par_chunks(TASK)))
@@ -129,7 +130,8 @@ fn forward(x: FlexTensor, y: &FlexTensor) -> FlexTensor {
         return x;
     }
     let xs = f32s(&x);
-    let mut out = vec![0f32; xs.len()];
+    // SAFETY: every element is written below (chunks of equal-length buffers, zipped).
+    let mut out = unsafe { output_buffer(xs.len()) };
     out.par_chunks_mut(TASK)
         .zip(xs.par_chunks(TASK).zip(ys.par_chunks(TASK)))
         .for_each(|(o, (x, y))| {

@@ -174,7 +174,10 @@ pub(crate) fn direct_conv2d_flex(
             Shape::new([plan.out_channels]),
         )),
     };
-    let mut out = vec![0f32; plan.batch * plan.out_channels * plan.out_h * plan.out_w];
+    // SAFETY: every path of `run` writes each output element: `Epilogue::store` every row of
+    // every plane, the 1x1 GEMM (which does not read its destination) every position.
+    let mut out =
+        unsafe { super::output_buffer(plan.batch * plan.out_channels * plan.out_h * plan.out_w) };
     run(
         &plan,
         Images::of(&x).expect("contiguous f32"),
@@ -393,7 +396,9 @@ fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &m
             return run_pointwise(plan, x, w, bias, relu, out);
         }
         // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input.
-        let mut subsampled = vec![0f32; x.len() / (plan.in_h * plan.in_w) * plane];
+        // SAFETY: each channel's plane is written from every stride-th row and column.
+        let mut subsampled =
+            unsafe { super::output_buffer(x.len() / (plan.in_h * plan.in_w) * plane) };
         subsampled
             .par_chunks_mut(plane)
             .zip(x.par_chunks(plan.in_h * plan.in_w))

@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::train_norm::lane_sum;
-use super::{dims4, flex_f32 as flex, into_contiguous_f32, unique_f32_mut};
+use super::{dims4, flex_f32 as flex, into_contiguous_f32, output_buffer, unique_f32_mut};
 
 /// The two-path select with a handwritten backward pass on `Autodiff<Flex>`.
 #[backend_extension(Flex, Autodiff)]
@@ -61,8 +61,8 @@ impl Backward<Flex, 3> for SkSelectBackward {
         let (g, u0, u1) = (values(&grad), values(&u0), values(&u1));
         let (g, a) = (f32s(&g), attention_values(&attention, batch, channels));
         let (u0, u1) = (f32s(&u0), f32s(&u1));
-        let mut du0 = vec![0f32; g.len()];
-        let mut du1 = vec![0f32; g.len()];
+        // SAFETY: every element of both is written below, plane by plane.
+        let (mut du0, mut du1) = unsafe { (output_buffer(g.len()), output_buffer(g.len())) };
         // Per (image, channel) plane: both path gradients, and the attention's two sums.
         let sums: Vec<(f32, f32)> = du0
             .par_chunks_mut(plane.max(1))
@@ -197,7 +197,8 @@ fn forward(u0: FlexTensor, u1: &FlexTensor, attention: &FlexTensor) -> FlexTenso
         return u0;
     }
     let x0 = f32s(&u0);
-    let mut out = vec![0f32; x0.len()];
+    // SAFETY: `select` writes every element of each plane.
+    let mut out = unsafe { output_buffer(x0.len()) };
     out.par_chunks_mut(plane.max(1))
         .enumerate()
         .for_each(|(index, out)| select(index, out, Some(&x0[index * plane..(index + 1) * plane])));

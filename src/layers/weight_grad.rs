@@ -138,7 +138,8 @@ pub(super) fn weight_grad(
         })
         .unwrap_or_else(|| vec![0f32; w_len]);
     // [group][entry][o] -> [group][o][entry], which is the weight's layout.
-    let mut dw = vec![0f32; w_len];
+    // SAFETY: the transpositions below write every group's block.
+    let mut dw = unsafe { super::output_buffer(w_len) };
     for g in 0..groups {
         super::transpose(
             &dw_t[g * entries * go..][..entries * go],
