@@ -2,6 +2,7 @@
 //! the selective kernel unit.
 
 pub mod add_relu;
+pub mod channel_ops;
 mod conv;
 mod conv_norm_act;
 pub mod direct_conv;

@@ -134,8 +134,21 @@ pub struct SelectiveKernelAttn {
 
 /// The global average of a map: `[batch, C, height, width]` -> `[batch, C]`.
 fn global_mean(x: Tensor<4>) -> Tensor<2> {
+    if super::cpu_training_kernels() && super::channel_ops::supports(&x) {
+        // One pass backward instead of a tensor of ones, a scale and a broadcast multiply.
+        return super::channel_ops::spatial_mean(x);
+    }
     let [b, c, _, _] = x.dims();
     x.mean_dim(3).mean_dim(2).reshape([b, c])
+}
+
+/// Channels `[start, start + len)` of `x`: the branch's part of a split input.
+fn channel_window(x: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
+    if super::cpu_training_kernels() && super::channel_ops::supports(&x) {
+        // The input gradient written once, instead of zeroed and then filled in.
+        return super::channel_ops::channel_window(x, start, len);
+    }
+    x.narrow(1, start, len)
 }
 
 /// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
@@ -226,7 +239,7 @@ impl SelectiveKernel {
             self.paths
                 .iter()
                 .enumerate()
-                .map(|(i, p)| p.forward(input.clone().narrow(1, i * part, part)))
+                .map(|(i, p)| p.forward(channel_window(input.clone(), i * part, part)))
                 .collect()
         } else {
             self.paths
