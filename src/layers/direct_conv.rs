@@ -16,7 +16,8 @@
 //! - Dense convs with more than a few input channels, on maps larger than 8x8, are one GEMM per
 //!   kernel tap over the same padded copy (its rows are channels a fixed distance apart, so it
 //!   is the GEMM's operand as it is), accumulated: no im2col copy and no layout change.
-//! - Dense 1x1 convs are one GEMM per image on the input as it is.
+//! - Dense 1x1 convs read the input as it is: with AVX-512 through [`super::pointwise`],
+//!   otherwise as one GEMM per image.
 //! - The bias (a folded BatchNorm's shift) and an optional ReLU are applied as the results are
 //!   stored, so conv + BN + ReLU is one pass over the output.
 //!
@@ -575,8 +576,9 @@ fn run_tapwise_gemm(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool,
         });
 }
 
-/// A dense 1x1 conv: per image, `out = w · x` with `x` as `[in_channels, positions]`, as it is,
-/// computed straight into the output, then the bias (and the ReLU) added in one pass: no zeroed
+/// A dense 1x1 conv: per image, `out = w · x` with `x` as `[in_channels, positions]`, as it is.
+/// With AVX-512, [`super::pointwise`] computes it with the bias and ReLU. Otherwise it is a GEMM
+/// straight into the output, then the bias (and the ReLU) added in one pass: no zeroed
 /// buffer and no separate bias and activation passes. With an image per thread or more, each
 /// image's GEMM runs on one thread and its epilogue follows while the output is in cache; with
 /// fewer images, the GEMM itself is split over the threads (splitting the output channels
@@ -584,6 +586,9 @@ fn run_tapwise_gemm(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool,
 fn run_pointwise(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let plane = plan.out_h * plan.out_w;
     let (m, k) = (plan.out_channels, plan.in_channels);
+    if Kernel::chosen() == Kernel::Avx512 && super::pointwise::available() {
+        return super::pointwise::pointwise(plan.batch, [m, k, plane], x, w, bias, relu, out);
+    }
     let store = |out_image: &mut [f32], parallel: bool| {
         let epilogue = |(o, row): (usize, &mut [f32])| {
             let shift = bias[o];
@@ -722,12 +727,17 @@ impl Kernel {
         Kernel::Portable
     }
 
+    /// [`Kernel::best`], or in tests the kernel a test forces.
+    pub(super) fn chosen() -> Self {
+        #[cfg(test)]
+        return FORCED_KERNEL.get().unwrap_or_else(Kernel::best);
+        #[cfg(not(test))]
+        Kernel::best()
+    }
+
     /// The kernel for `plan`: the blocked ones need whole blocks of output channels a group.
     pub(super) fn for_plan(plan: &Plan) -> Self {
-        #[cfg(test)]
-        let best = FORCED_KERNEL.get().unwrap_or_else(Kernel::best);
-        #[cfg(not(test))]
-        let best = Kernel::best();
+        let best = Kernel::chosen();
         if plan.group_out.is_multiple_of(BLOCK_CHANNELS) {
             best
         } else {
@@ -875,7 +885,7 @@ mod tests {
         [(usize, usize); 2],
         usize,
         usize,
-    ); 17] = [
+    ); 18] = [
         (8, 8, 4, 3, 1, 1, [(1, 1), (1, 1)], 9, 7),
         (8, 16, 4, 3, 2, 1, [(1, 1), (1, 1)], 9, 8),
         (8, 8, 2, 3, 1, 2, [(2, 2), (2, 2)], 7, 10),
@@ -892,9 +902,12 @@ mod tests {
         (8, 12, 1, 3, 2, 2, [(2, 2), (2, 2)], 19, 17),
         (16, 8, 1, 3, 1, 1, [(1, 1), (1, 1)], 9, 11),
         (6, 8, 1, 5, 1, 1, [(1, 3), (2, 2)], 12, 10),
-        // 1x1 convs: one GEMM per image, on one thread (batch 2) or split (batch 1)
+        // 1x1 convs: with AVX-512 the pointwise kernel (here: partial register blocks of rows
+        // and of positions, two bands of positions), otherwise one GEMM per image, on one
+        // thread (batch 2) or split (batch 1)
         (24, 40, 1, 1, 1, 1, [(0, 0), (0, 0)], 7, 9),
         (40, 24, 1, 1, 1, 1, [(0, 0), (0, 0)], 9, 7),
+        (20, 13, 1, 1, 1, 1, [(0, 0), (0, 0)], 19, 17),
         // strided 1x1 convs (projection shortcuts): the subsampled input's 1x1 conv
         (16, 24, 1, 1, 2, 1, [(0, 0), (0, 0)], 9, 8),
         (8, 8, 1, 1, 3, 1, [(0, 0), (0, 0)], 7, 7),

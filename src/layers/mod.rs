@@ -9,6 +9,7 @@ pub mod direct_conv;
 mod linear;
 pub mod max_pool;
 mod norm;
+mod pointwise;
 pub mod selective_kernel;
 pub mod sk_select;
 pub mod train_conv;
