@@ -9,6 +9,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::direct_conv::conv2d_direct;
+use super::packed_conv::{conv2d_packed, PackedWeights};
 use super::train_conv::train_conv2d;
 use crate::config::Padding;
 
@@ -100,6 +101,10 @@ pub struct Conv2d {
     /// Kernel, stride, dilation, groups, padding.
     #[module(skip)]
     pub geometry: ConvGeometry,
+    /// The weights packed for CPU inference's packed kernel, once the conv is prepared for
+    /// inference ([`Conv2d::pack_weights`]); not part of the checkpoint.
+    #[module(skip)]
+    pub packed: Option<PackedWeights>,
 }
 
 impl Conv2d {
@@ -130,7 +135,16 @@ impl Conv2d {
             weight,
             bias,
             geometry,
+            packed: None,
         }
+    }
+
+    /// Packs the weights for CPU inference's packed kernel where it applies (see
+    /// [`PackedWeights::of`]): dense kxk convs with a multiple of 16 output channels, on a CPU
+    /// with AVX-512. They are used while the weights stay the tensor they were packed from.
+    pub fn pack_weights(self) -> Self {
+        let packed = PackedWeights::of(&self.weight.val(), self.geometry.groups);
+        Self { packed, ..self }
     }
 
     /// Output channels.
@@ -170,6 +184,10 @@ impl Conv2d {
         );
         if super::cpu_inference_kernels(&input) {
             let bias = self.bias.as_ref().map(|b| b.val());
+            if let Some(packed) = &self.packed {
+                let weight = self.weight.val();
+                return conv2d_packed(input, weight, packed, bias, options, then_relu);
+            }
             return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
         }
         let out = if input.device().is_autodiff() && super::cpu_training_kernels() {

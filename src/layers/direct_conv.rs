@@ -161,15 +161,9 @@ pub(crate) fn direct_conv2d_flex(
         let out = Flex::conv2d(x, weight, bias, options);
         return if relu { Flex::relu(out) } else { out };
     };
-    // A channel window (the SK unit's split input) is read in place; other views are copied.
-    let x = if Images::of(&x).is_some() {
-        x
-    } else {
-        x.to_contiguous()
-    };
     let weight = weight.to_contiguous();
     let bias = match bias {
-        Some(bias) => bias.to_contiguous(),
+        Some(bias) => bias,
         None => FlexTensor::from_data(TensorData::new(
             vec![0f32; plan.out_channels],
             Shape::new([plan.out_channels]),
@@ -177,14 +171,37 @@ pub(crate) fn direct_conv2d_flex(
     };
     // SAFETY: every path of `run` writes each output element: `Epilogue::store` every row of
     // every plane, the 1x1 GEMM (which does not read its destination) every position.
-    let mut out =
-        unsafe { super::output_buffer(plan.batch * plan.out_channels * plan.out_h * plan.out_w) };
-    run(
-        &plan,
+    unsafe {
+        conv_output(&plan, x, bias, |images, bias, out| {
+            let weight = weight.as_slice::<f32>().expect("contiguous f32");
+            run(&plan, images, weight, bias, relu, out)
+        })
+    }
+}
+
+/// A new output tensor of `plan`'s shape computed by `kernel(images, bias, out)`: the input
+/// read in place where it is contiguous or a channel window (the SK unit's split input), copied
+/// otherwise.
+///
+/// # Safety
+/// `kernel` writes every element of `out`, which starts uninitialized
+/// ([`super::output_buffer`]).
+pub(super) unsafe fn conv_output(
+    plan: &Plan,
+    x: FlexTensor,
+    bias: FlexTensor,
+    kernel: impl FnOnce(Images, &[f32], &mut [f32]),
+) -> FlexTensor {
+    let x = if Images::of(&x).is_some() {
+        x
+    } else {
+        x.to_contiguous()
+    };
+    let bias = bias.to_contiguous();
+    let mut out = super::output_buffer(plan.batch * plan.out_channels * plan.out_h * plan.out_w);
+    kernel(
         Images::of(&x).expect("contiguous f32"),
-        weight.as_slice::<f32>().expect("contiguous f32"),
         bias.as_slice::<f32>().expect("contiguous f32"),
-        relu,
         &mut out,
     );
     FlexTensor::from_data(TensorData::new(

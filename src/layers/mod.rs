@@ -9,6 +9,7 @@ pub mod direct_conv;
 mod linear;
 pub mod max_pool;
 mod norm;
+pub mod packed_conv;
 mod pointwise;
 pub mod selective_kernel;
 pub mod sk_select;
@@ -50,6 +51,20 @@ pub(crate) fn residual_relu(
         add_relu::add_relu(x, shortcut)
     } else {
         burn::tensor::activation::relu(x.add(shortcut))
+    }
+}
+
+/// An output buffer that parallel tasks share, each writing its own disjoint part of it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: the tasks that share it write disjoint elements, and the buffer outlives them.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `SendPtr`).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
     }
 }
 

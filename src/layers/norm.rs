@@ -187,6 +187,8 @@ pub fn fold_into_conv(conv: Conv2d, bn: BatchNorm2d) -> (Conv2d, BatchNorm2d) {
         weight: Param::from_tensor(weight),
         bias: Some(Param::from_tensor(bias)),
         geometry: conv.geometry,
-    };
+        packed: None,
+    }
+    .pack_weights();
     (conv, BatchNorm2d { folded: true, ..bn })
 }

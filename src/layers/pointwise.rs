@@ -66,7 +66,7 @@ pub(super) fn pointwise(
     let channel_bands = wanted.div_ceil(images * bands).clamp(1, blocks);
     let band_rows = blocks.div_ceil(channel_bands) * ROWS;
     let channel_bands = m.div_ceil(band_rows);
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = super::SendPtr(out.as_mut_ptr());
     (0..images * bands * channel_bands)
         .into_par_iter()
         .for_each(|task| {
@@ -94,18 +94,6 @@ pub(super) fn pointwise(
                 )
             }
         });
-}
-
-/// A pointer that tasks share, each writing its own part of what it points to.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 /// The output channels `rows` at `positions` of one image.
