@@ -281,7 +281,7 @@ pub(super) struct PhaseLayout {
     /// Columns of a phase plane: the row pitch of every run computed over it.
     pub(super) width: usize,
     /// Floats of one input channel's phases.
-    channel: usize,
+    pub(super) channel: usize,
 }
 
 impl PhaseLayout {

@@ -17,8 +17,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
+use std::sync::{Arc, OnceLock};
 
 use super::direct_conv::{conv_output, direct_conv2d_flex, Images, PhaseLayout, Plan};
 
@@ -31,41 +32,35 @@ const ROWS: usize = 2;
 /// Consecutive positions of each output row in one block.
 const POSITIONS: usize = 7;
 
-/// A conv's weights packed for the packed kernel, with the weight tensor they were packed from:
-/// they are used only while the conv's weights are still that tensor (the same buffer, which the
-/// clone kept here keeps alive), so replacing the weights afterwards cannot make them stale.
+/// A conv's weights as the packed kernel reads them, packed on the first call that uses them,
+/// with the weight tensor they come from: they are used only while the conv's weights are still
+/// that tensor (the same buffer, which the clone kept here keeps alive), so replacing the
+/// weights cannot make them stale. Clones share the packed copy.
 #[derive(Debug, Clone)]
 pub struct PackedWeights {
     source: Tensor<4>,
-    packed: Tensor<1>,
+    packed: Arc<OnceLock<Vec<f32>>>,
 }
 
 impl PackedWeights {
-    /// `weight` (`[out, in / groups, k, k]`) packed, where the packed kernel will run it: CPU
-    /// inference builds on a CPU with AVX-512, f32 weights of a conv it [`applies`] to. `None`
-    /// elsewhere (the conv then runs as before).
+    /// Packed weights for `weight` (`[out, in / groups, k, k]`) where the packed kernel may run
+    /// it: CPU inference builds on a CPU with AVX-512, f32 weights of a conv it [`applies`] to.
+    /// `None` elsewhere (the conv then runs as before). Nothing is packed yet.
     pub fn of(weight: &Tensor<4>, groups: usize) -> Option<Self> {
         let usable = super::cpu_training_kernels()
             && available()
             && !weight.device().is_autodiff()
             && weight.dtype() == DType::F32
             && applies(weight.dims(), groups);
-        if !usable {
-            return None;
-        }
-        let [out, ..] = weight.dims();
-        let values = weight
-            .to_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .ok()?;
-        let len = values.len();
-        let packed =
-            Tensor::from_data(TensorData::new(pack(&values, out), [len]), &weight.device());
-        Some(Self {
+        usable.then(|| Self {
             source: weight.clone(),
-            packed,
+            packed: Arc::default(),
         })
+    }
+
+    /// Whether the weights have been packed (by a call that used them).
+    pub fn is_packed(&self) -> bool {
+        self.packed.get().is_some()
     }
 }
 
@@ -90,7 +85,7 @@ pub fn conv2d_packed(
         input.into_dispatch(),
         weight.into_dispatch(),
         packed.source.clone().into_dispatch(),
-        packed.packed.clone().into_dispatch(),
+        packed.packed.clone(),
         bias.into_dispatch(),
         options,
         relu,
@@ -100,13 +95,13 @@ pub fn conv2d_packed(
 /// The packed convolution as a Flex backend extension.
 #[backend_extension(Flex)]
 pub trait PackedConvOps: Backend {
-    /// `conv2d(x, weight) + bias` (ReLU'd if `relu`) from `packed`, which [`pack`] made from
-    /// `source`: used when `source` is `weight`.
+    /// `conv2d(x, weight) + bias` (ReLU'd if `relu`) from `source` packed ([`pack`], once,
+    /// into `packed`): used when `source` is `weight`.
     fn packed_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         source: FloatTensor<Self>,
-        packed: FloatTensor<Self>,
+        packed: Arc<OnceLock<Vec<f32>>>,
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         relu: bool,
@@ -118,26 +113,29 @@ impl PackedConvOps for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         source: FlexTensor,
-        packed: FlexTensor,
+        packed: Arc<OnceLock<Vec<f32>>>,
         bias: FlexTensor,
         options: ConvOptions<2>,
         relu: bool,
     ) -> FlexTensor {
-        let f32s = [&x, &weight, &packed, &bias]
-            .iter()
-            .all(|t| t.dtype() == DType::F32);
+        let f32s = [&x, &weight, &bias].iter().all(|t| t.dtype() == DType::F32);
         let plan = Plan::checked(x.layout().shape(), weight.layout().shape(), &options)
-            .filter(|plan| f32s && plan.group_in == plan.in_channels)
-            .filter(|plan| plan.out_channels.is_multiple_of(LANES) && available());
+            .filter(|plan| f32s && plan.group_out.is_multiple_of(LANES) && available());
         let plan = plan.filter(|plan| worth_it(plan) && same_tensor(&weight, &source));
         let Some(plan) = plan else {
             return direct_conv2d_flex(x, weight, Some(bias), options, relu);
         };
-        let packed = packed.to_contiguous();
+        let packed = packed.get_or_init(|| {
+            let weight = weight.to_contiguous();
+            let groups = plan.in_channels / plan.group_in;
+            pack(
+                weight.as_slice::<f32>().expect("contiguous f32"),
+                [plan.out_channels, groups],
+            )
+        });
         // SAFETY: `run_packed` writes every element (each task every position of its rows).
         unsafe {
             conv_output(&plan, x, bias, |images, bias, out| {
-                let packed = packed.as_slice::<f32>().expect("contiguous f32");
                 run_packed(&plan, images, packed, bias, relu, out)
             })
         }
@@ -155,6 +153,8 @@ thread_local! {
 /// taps (576: 64 channels of 3x3) for the transposition of each block's output to cost little.
 /// On skresnet18 at batch 1, the packed kernel took 0.75 to 0.95 of the direct kernel's time on
 /// convs of 28x28, 14x14 and 7x7 maps; on 56x56 maps and the stem (3 channels) it took more.
+/// (1x1 convs on 7x7 maps, where the 1x1 kernel computes 64 positions for 49, ran no faster
+/// packed: they are not packed.)
 fn worth_it(plan: &Plan) -> bool {
     #[cfg(test)]
     if FORCED.get() {
@@ -162,7 +162,7 @@ fn worth_it(plan: &Plan) -> bool {
     }
     let width = PhaseLayout::new(plan).width;
     let run = (plan.out_h - 1) * width + plan.out_w;
-    let taps = plan.in_channels * plan.kernel * plan.kernel;
+    let taps = plan.group_in * plan.kernel * plan.kernel;
     taps >= 576 && plan.out_h * plan.out_w * 20 < run * 19
 }
 
@@ -183,28 +183,36 @@ pub(crate) fn available() -> bool {
 }
 
 /// Whether a conv of this weight shape (`[out, in / groups, k, k]`) and `groups` is one the
-/// packed kernel computes: dense, a kernel larger than 1x1, whole vectors of output channels.
+/// packed kernel computes: a square kernel larger than 1x1, whole vectors of output channels in
+/// each group.
 pub(crate) fn applies(weight_shape: [usize; 4], groups: usize) -> bool {
     let [out, _, kh, kw] = weight_shape;
-    groups == 1 && kh == kw && kh > 1 && out.is_multiple_of(LANES)
+    let group_out = out.checked_div(groups).unwrap_or(0);
+    kh == kw && kh > 1 && group_out > 0 && group_out.is_multiple_of(LANES)
 }
 
-/// `[out, in, k, k]` weights regrouped for the kernel: blocks of up to `VECTORS * LANES` output
-/// channels, each `[in * k * k][block channels]`.
-pub(crate) fn pack(weight: &[f32], out_channels: usize) -> Vec<f32> {
+/// `[out, in / groups, k, k]` weights regrouped for the kernel: blocks of up to `VECTORS *
+/// LANES` output channels of one group, each `[in / groups * k * k][block channels]`, in output
+/// channel order.
+pub(crate) fn pack(weight: &[f32], [out_channels, groups]: [usize; 2]) -> Vec<f32> {
     let taps = weight.len() / out_channels;
+    let group_out = out_channels / groups;
     let mut packed = Vec::with_capacity(weight.len());
-    for first in (0..out_channels).step_by(VECTORS * LANES) {
-        let width = (out_channels - first).min(VECTORS * LANES);
-        for t in 0..taps {
-            packed.extend((first..first + width).map(|o| weight[o * taps + t]));
+    for group in 0..groups {
+        let end = (group + 1) * group_out;
+        for first in (group * group_out..end).step_by(VECTORS * LANES) {
+            let width = (end - first).min(VECTORS * LANES);
+            for t in 0..taps {
+                packed.extend((first..first + width).map(|o| weight[o * taps + t]));
+            }
         }
     }
     packed
 }
 
-/// The conv of `plan` (dense, square kernel, output channels a multiple of 16) from `packed`
-/// weights ([`pack`]): `out = conv(images) + bias`, ReLU'd if `relu`, every element written.
+/// The conv of `plan` (square kernel, output channels of each group a multiple of 16) from
+/// `packed` weights ([`pack`]): `out = conv(images) + bias`, ReLU'd if `relu`, every element
+/// written.
 ///
 /// # Panics
 /// If [`available`] is false or the sizes do not match the plan.
@@ -217,37 +225,50 @@ pub(super) fn run_packed(
     out: &mut [f32],
 ) {
     assert!(available(), "the packed conv needs AVX-512");
-    assert!(plan.group_in == plan.in_channels && plan.out_channels.is_multiple_of(LANES));
-    let taps = plan.in_channels * plan.kernel * plan.kernel;
+    assert!(plan.group_out.is_multiple_of(LANES));
+    let taps = plan.group_in * plan.kernel * plan.kernel;
     assert_eq!(packed.len(), plan.out_channels * taps);
     assert_eq!(bias.len(), plan.out_channels);
     let plane = plan.out_h * plan.out_w;
     assert_eq!(out.len(), plan.batch * plan.out_channels * plane);
     let layout = PhaseLayout::new(plan);
+    // One group's taps; the groups' phases follow one another.
     let starts = layout.tap_starts(plan);
+    let group_phases = plan.group_in * layout.channel;
+    let all_channels = Plan {
+        group_in: plan.in_channels,
+        ..*plan
+    };
     let image_len = plan.in_channels * plan.in_h * plan.in_w;
-    let blocks = plan.out_channels.div_ceil(VECTORS * LANES);
+    // Blocks of output channels, none across groups: (first channel, channels).
+    let blocks: Vec<[usize; 2]> = (0..plan.out_channels)
+        .step_by(plan.group_out)
+        .flat_map(|group_first| {
+            (0..plan.group_out)
+                .step_by(VECTORS * LANES)
+                .map(move |o| [group_first + o, (plan.group_out - o).min(VECTORS * LANES)])
+        })
+        .collect();
+    let bands = plan.out_h.div_ceil(ROWS);
     let mut phases = Vec::new();
     for (n, out_image) in out.chunks_mut(plan.out_channels * plane).enumerate() {
-        layout.fill(plan, images.part(n, 0, image_len), &mut phases);
+        layout.fill(&all_channels, images.part(n, 0, image_len), &mut phases);
         let out_ptr = super::SendPtr(out_image.as_mut_ptr());
         let phases = &phases;
-        let bands = plan.out_h.div_ceil(ROWS);
-        (0..blocks * bands).into_par_iter().for_each(|task| {
-            let (block, y) = (task / bands, task % bands * ROWS);
+        (0..blocks.len() * bands).into_par_iter().for_each(|task| {
+            let ([first, width], y) = (blocks[task / bands], task % bands * ROWS);
             let rows = (plan.out_h - y).min(ROWS);
-            let first = block * VECTORS * LANES;
-            let width = (plan.out_channels - first).min(VECTORS * LANES);
-            let weights = &packed[first * taps..][..width * taps];
-            // SAFETY: `available` checked AVX-512; the task writes output row `y` of channels
-            // `first..first + width` of this image, which no other task writes.
+            let group = first / plan.group_out;
+            let data = &phases[group * group_phases + y * layout.width..];
+            // SAFETY: `available` checked AVX-512; the task writes output rows `y..y + rows`
+            // of channels `first..first + width` of this image, which no other task writes.
             unsafe {
                 row_task(
                     plan,
                     [rows, layout.width],
                     &starts,
-                    &phases[y * layout.width..],
-                    weights,
+                    data,
+                    &packed[first * taps..][..width * taps],
                     &bias[first..first + width],
                     relu,
                     out_ptr.get().add(first * plane + y * plan.out_w),
@@ -257,7 +278,8 @@ pub(super) fn run_packed(
     }
 }
 
-/// One output row of one block of output channels, [`POSITIONS`] positions at a time.
+/// Up to [`ROWS`] output rows of one block of output channels, [`POSITIONS`] positions at a
+/// time.
 ///
 /// # Safety
 /// AVX-512F; `out` points to the block's first channel at the row's first position, in the
@@ -401,31 +423,36 @@ mod tests {
 
     /// Against burn's convolution, forced past [`worth_it`]: output channels in one, two and
     /// three blocks with a partial last one (16, 48, 80), rows in pairs and alone, rows of 7
-    /// positions and of fewer, strides, dilations, Keras' asymmetric padding, batch 2, a
-    /// channel window input, with and without the ReLU.
+    /// positions and of fewer, strides, dilations, Keras' asymmetric padding, groups (of 16, 32
+    /// and 48 output channels), an even kernel, batch 2, a channel window input, with and without
+    /// the ReLU.
     #[test]
     fn matches_burn_conv2d() {
         if !available() {
             return;
         }
         let device = Device::flex();
-        // (in, out, kernel, stride, dilation, pads, h, w)
+        // (in, out, groups, kernel, stride, dilation, pads, h, w)
         let cases = [
-            (8, 16, 3, 1, 1, [(1, 1), (1, 1)], 7, 7),
-            (5, 48, 3, 1, 2, [(2, 2), (2, 2)], 9, 16),
-            (6, 80, 3, 2, 1, [(1, 1), (1, 1)], 11, 12),
-            (3, 32, 5, 1, 1, [(1, 3), (2, 2)], 6, 15),
-            (4, 16, 3, 2, 2, [(2, 2), (2, 2)], 14, 14),
+            (8, 16, 1, 3, 1, 1, [(1, 1), (1, 1)], 7, 7),
+            (5, 48, 1, 3, 1, 2, [(2, 2), (2, 2)], 9, 16),
+            (6, 80, 1, 3, 2, 1, [(1, 1), (1, 1)], 11, 12),
+            (3, 32, 1, 5, 1, 1, [(1, 3), (2, 2)], 6, 15),
+            (4, 16, 1, 3, 2, 2, [(2, 2), (2, 2)], 14, 14),
+            (8, 32, 2, 3, 1, 1, [(1, 1), (1, 1)], 7, 7),
+            (12, 64, 2, 3, 2, 2, [(2, 2), (2, 2)], 9, 10),
+            (6, 96, 2, 3, 1, 1, [(1, 1), (1, 1)], 5, 8),
+            (8, 32, 1, 2, 2, 1, [(0, 0), (0, 0)], 9, 8),
         ];
         FORCED.set(true);
-        for (n, (cin, cout, k, s, d, pads, h, w)) in cases.into_iter().enumerate() {
+        for (n, (cin, cout, g, k, s, d, pads, h, w)) in cases.into_iter().enumerate() {
             let batch = 1 + n % 2;
             let extra = if n % 2 == 0 { 0 } else { 3 };
             let x = random([batch, cin + extra, h, w], &device).narrow(1, extra.min(2), cin);
-            let weight = random([cout, cin, k, k], &device);
+            let weight = random([cout, cin / g, k, k], &device);
             let bias = random([cout], &device);
-            let options = ConvOptions::new_with_padding([s, s], pads, [d, d], 1);
-            let packed = PackedWeights::of(&weight, 1).expect("packable");
+            let options = ConvOptions::new_with_padding([s, s], pads, [d, d], g);
+            let packed = PackedWeights::of(&weight, g).expect("packable");
             for with_relu in [false, true] {
                 let got = conv2d_packed(
                     x.clone(),
@@ -448,6 +475,7 @@ mod tests {
                     "case {n} relu {with_relu}: max difference {err}"
                 );
             }
+            assert!(packed.is_packed(), "case {n}");
         }
         FORCED.set(false);
     }
@@ -468,6 +496,14 @@ mod tests {
         let packed = PackedWeights::of(&old, 1).expect("packable");
         let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         FORCED.set(true);
+        let used = conv2d_packed(
+            x.clone(),
+            old.clone(),
+            &packed,
+            None,
+            options.clone(),
+            false,
+        );
         let got = conv2d_packed(
             x.clone(),
             new.clone(),
@@ -477,17 +513,28 @@ mod tests {
             false,
         );
         FORCED.set(false);
+        let err = max_diff(used, conv2d(x.clone(), old, None, options.clone()));
+        assert!(err < 1e-4, "packed: max difference {err}");
         let err = max_diff(got, conv2d(x, new, None, options));
-        assert!(err < 1e-4, "max difference {err}");
+        assert!(err < 1e-4, "other weights: max difference {err}");
     }
 
-    /// A conv with packed weights computes what it computed before packing, where the packed
-    /// kernel runs (a 7x7 map, 64 channels) and where it does not (a 1x1 conv, a grouped one).
+    /// A conv with packed weights computes what it computed before, where the packed kernel
+    /// runs (a 3x3 conv of 64 channels on a 7x7 map) and where it does not (few input channels,
+    /// a 56x56 map, groups of 2 output channels, a 1x1 conv).
     #[test]
     fn packed_convs_keep_their_output() {
         let device = Device::flex();
-        let x = random([1, 64, 7, 7], &device);
-        for (kernel, groups) in [(3, 1), (1, 1), (3, 32)] {
+        // (in, kernel, groups, size, runs packed)
+        let cases = [
+            (64, 3, 1, 7, true),
+            (32, 3, 1, 7, false),
+            (64, 3, 1, 56, false),
+            (64, 3, 32, 7, false),
+            (576, 1, 1, 7, false),
+        ];
+        for (cin, kernel, groups, size, runs_packed) in cases {
+            let x = random([1, cin, size, size], &device);
             let geometry = ConvGeometry {
                 kernel,
                 stride: 1,
@@ -495,13 +542,16 @@ mod tests {
                 groups,
                 padding: crate::config::Padding::Symmetric,
             };
-            let conv = Conv2d::new(64, 64, geometry, true, &device);
+            let conv = Conv2d::new(cin, 64, geometry, true, &device);
             let want = conv.forward(x.clone());
             let conv = conv.pack_weights();
-            let expect_packed = available() && kernel == 3 && groups == 1;
-            assert_eq!(conv.packed.is_some(), expect_packed, "k{kernel} g{groups}");
+            let case = format!("in {cin} k{kernel} g{groups} {size}x{size}");
+            let applies = groups == 1 && kernel > 1;
+            assert_eq!(conv.packed.is_some(), available() && applies, "{case}");
             let err = max_diff(conv.forward(x.clone()), want);
-            assert!(err < 1e-4, "k{kernel} g{groups}: max difference {err}");
+            assert!(err < 1e-4, "{case}: max difference {err}");
+            let packed = conv.packed.as_ref().is_some_and(PackedWeights::is_packed);
+            assert_eq!(packed, available() && runs_packed, "{case}");
         }
     }
 }
