@@ -32,9 +32,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..steps + 2 {
         let x = Tensor::<4>::random([batch, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
         let t = Instant::now();
-        let loss = model.forward(x).powf_scalar(2.0).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = sgd.step(model, grads, 0.01);
+        // The whole step on the CPU kernels' thread pool, as `sknet train` runs it.
+        model = sknet::layers::on_cpu_pool(|| {
+            let loss = model.forward(x).powf_scalar(2.0).mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            sgd.step(model, grads, 0.01)
+        });
         let _ = model.fc.bias.as_ref().map(|b| b.val().into_data());
         times.push(t.elapsed().as_secs_f64());
     }

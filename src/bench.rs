@@ -72,9 +72,11 @@ pub fn bench(
                 &device,
             );
             let t = Instant::now();
-            let loss = model.forward(x).powf_scalar(2.0).mean();
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = sgd.step(model, grads, 0.01);
+            model = crate::layers::on_cpu_pool(|| {
+                let loss = model.forward(x).powf_scalar(2.0).mean();
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                sgd.step(model, grads, 0.01)
+            });
             // Wait for the update to be computed.
             let _ = model.fc.weight.val().into_data();
             if i >= warmup {

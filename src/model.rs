@@ -304,8 +304,10 @@ impl SkNet {
 
     /// Logits.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
-        let x = self.max_pool(self.stem(input));
-        self.head(self.run_stages(x, None, None))
+        crate::layers::on_cpu_pool(|| {
+            let x = self.max_pool(self.stem(input));
+            self.head(self.run_stages(x, None, None))
+        })
     }
 
     /// Class probabilities (softmax of the logits).

@@ -395,8 +395,10 @@ pub fn train(
                     dir: s.output.display().to_string(),
                 });
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = sgd.step(model, grads, lr);
+            model = crate::layers::on_cpu_pool(|| {
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                sgd.step(model, grads, lr)
+            });
             step += 1;
             loss_sum += value as f64 * n as f64;
             seen += n;
