@@ -161,6 +161,7 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
 ///
 /// # Safety
 /// The caller writes every element before reading any.
+#[allow(clippy::uninit_vec)] // deliberate: see above; every caller's safety note says why
 pub(crate) unsafe fn output_buffer(len: usize) -> Vec<f32> {
     if cfg!(debug_assertions) {
         return vec![f32::NAN; len];
