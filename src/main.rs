@@ -10,6 +10,9 @@ fn keep_freed_memory() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        // One heap for all threads: forward passes run on the thread pool's threads, and a heap
+        // per thread kept a cache of freed buffers for each.
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
