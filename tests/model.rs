@@ -173,7 +173,10 @@ fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
         // 16x16 to 2x2 maps went through the packed kernel, their weights packed on first use.
         if let Block::Basic(b) = &folded.layer1[0] {
             let packed = b.conv2.conv.packed.as_ref();
-            assert!(packed.is_none_or(|p| p.is_packed()), "{name}: conv2 not packed");
+            assert!(
+                packed.is_none_or(|p| p.is_packed()),
+                "{name}: conv2 not packed"
+            );
         }
         // Folding twice changes nothing.
         let again = to_vec(folded.fold_batchnorm().forward(x));

@@ -335,6 +335,32 @@ impl PhaseLayout {
                     continue;
                 }
                 let (i, py) = ((y + pad_top) / s, (y + pad_top) % s);
+                if s == 2 {
+                    // Even columns land in phase column pad_left % 2 from column pad_left / 2,
+                    // odd ones in the other phase from (pad_left + 1) / 2: one pass over the row
+                    // as pairs, which vectorizes (the general loop below is a scalar strided
+                    // copy, and was most of a stride-2 grouped conv's time).
+                    let start =
+                        |px: usize, j0: usize| (py * 2 + px) * phase_plane + i * self.width + j0;
+                    let even = start(pad_left % 2, pad_left / 2);
+                    let odd = start((pad_left + 1) % 2, (pad_left + 1) / 2);
+                    let (evens, odds) = (plan.in_w.div_ceil(2), plan.in_w / 2);
+                    // The two runs lie in different phase planes.
+                    let (low, high) = channel.split_at_mut(even.max(odd));
+                    let (e, o) = if even < odd {
+                        (&mut low[even..even + evens], &mut high[..odds])
+                    } else {
+                        (&mut high[..evens], &mut low[odd..odd + odds])
+                    };
+                    for ((pair, e), o) in row.chunks_exact(2).zip(e.iter_mut()).zip(o.iter_mut()) {
+                        *e = pair[0];
+                        *o = pair[1];
+                    }
+                    if evens > odds {
+                        e[odds] = row[plan.in_w - 1];
+                    }
+                    continue;
+                }
                 for px in 0..s {
                     // First input column that lands in phase column px.
                     let x0 = (px + s - pad_left % s) % s;
