@@ -16,7 +16,7 @@
 //! - Dense convs with more than a few input channels, on maps larger than 8x8, are one GEMM per
 //!   kernel tap over the same padded copy (its rows are channels a fixed distance apart, so it
 //!   is the GEMM's operand as it is), accumulated: no im2col copy and no layout change.
-//! - Dense 1x1 convs read the input as it is: with AVX-512 through [`super::pointwise`],
+//! - Dense 1x1 convs read the input as it is: with AVX-512 through `layers/pointwise.rs`,
 //!   otherwise as one GEMM per image.
 //! - The bias (a folded BatchNorm's shift) and an optional ReLU are applied as the results are
 //!   stored, so conv + BN + ReLU is one pass over the output.

@@ -1,16 +1,17 @@
-//! A dense kxk convolution with output channels in AVX-512 lanes, from weights packed once.
+//! A kxk convolution with output channels in AVX-512 lanes, from weights packed once.
 //!
 //! The direct kernel ([`super::direct_conv`]) puts output positions in vector lanes: a run over
 //! the padded input's rows, padding columns included, rounded up to whole vectors. On the small
 //! maps of a network's last stages that wastes a quarter to a half of every FMA (a 7x7 map with
 //! a padded width of 9 or 11 is a run of 61 or 77 for 49 outputs). Here the lanes hold 16 output
-//! channels instead, so no lane is wasted whatever the map: a register block of up to [`VECTORS`]
-//! x 16 output channels by [`POSITIONS`] positions of one output row, 28 accumulators, takes per
-//! (input channel, tap) [`VECTORS`] weight loads and [`POSITIONS`] broadcast inputs.
+//! channels instead, so no lane is wasted whatever the map: a register block of up to `VECTORS`
+//! x 16 output channels by `ROWS` rows of up to `POSITIONS` positions, 28 accumulators, takes
+//! per (input channel, tap) `VECTORS` weight loads and `ROWS * POSITIONS` broadcast inputs.
 //!
-//! The weights must then be read as `[out / 16][in * k * k][16]`. Repacking them on every call
-//! would cost as much as the conv itself on these layers (their weights are the network's
-//! largest), so [`PackedWeights`] are made once, when an inference model folds its BatchNorms
+//! The weights must then be read as `[out / 32][in / groups * k * k][32]` (blocks never cross a
+//! group). Repacking them on every call would cost as much as the conv itself on these layers
+//! (their weights are the network's largest), so [`PackedWeights`] are packed once, by the first
+//! call that uses them after an inference model folds its BatchNorms
 //! ([`super::fold_into_conv`]), and kept beside the conv's own weights.
 
 use burn::backend::flex::FlexTensor;
