@@ -318,8 +318,10 @@ impl SkNet {
     /// Logits and the attention of every SK unit, in network order.
     pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<2>, Vec<UnitAttention>) {
         let mut weights = Vec::new();
-        let x = self.max_pool(self.stem(input));
-        let logits = self.head(self.run_stages(x, Some(&mut weights), None));
+        let logits = crate::layers::on_cpu_pool(|| {
+            let x = self.max_pool(self.stem(input));
+            self.head(self.run_stages(x, Some(&mut weights), None))
+        });
         let attention = self
             .unit_names()
             .into_iter()
@@ -336,10 +338,12 @@ impl SkNet {
     /// Backbone features: the stem output (before the max-pool) and each stage's output. For
     /// ImageNet-style stems with four stages these have strides 2, 4, 8, 16 and 32.
     pub fn features(&self, input: Tensor<4>) -> Vec<Tensor<4>> {
-        let stem = self.stem(input);
-        let mut out = vec![stem.clone()];
-        self.run_stages(self.max_pool(stem), None, Some(&mut out));
-        out
+        crate::layers::on_cpu_pool(|| {
+            let stem = self.stem(input);
+            let mut out = vec![stem.clone()];
+            self.run_stages(self.max_pool(stem), None, Some(&mut out));
+            out
+        })
     }
 
     /// `(module path, paper name)` of every SK unit.

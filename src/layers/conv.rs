@@ -140,8 +140,9 @@ impl Conv2d {
     }
 
     /// Packs the weights for CPU inference's packed kernel where it applies (see
-    /// [`PackedWeights::of`]): dense kxk convs with a multiple of 16 output channels, on a CPU
-    /// with AVX-512. They are used while the weights stay the tensor they were packed from.
+    /// [`PackedWeights::of`]): kxk convs (k > 1) with a multiple of 16 output channels per group,
+    /// on a CPU with AVX-512. Nothing is packed until a call uses them, and they are used only
+    /// while the weights stay the tensor they were packed from.
     pub fn pack_weights(self) -> Self {
         let packed = PackedWeights::of(&self.weight.val(), self.geometry.groups);
         Self { packed, ..self }

@@ -58,7 +58,7 @@ pub(crate) fn residual_relu(
 /// outside it. Each kernel's parallel loop then starts from a pool thread, which shares the work
 /// with the other threads directly, instead of being sent to the pool and waited for by a
 /// thread outside it: one cross-thread hand-off per call instead of one per layer.
-/// [`SkNet::forward`](crate::model::SkNet::forward) does this itself (skresnet18 at batch 1:
+/// [`SkNet`](crate::model::SkNet)'s forward passes do this themselves (skresnet18 at batch 1:
 /// 7% less time); a training step is worth wrapping whole, forward, backward and update
 /// (sknet-tiny at batch 32: 5% less time), as `sknet train` does.
 pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
