@@ -298,8 +298,9 @@ impl SkNet {
     }
 
     fn head(&self, x: Tensor<4>) -> Tensor<2> {
-        let [b, c, _, _] = x.dims();
-        self.fc.forward(x.mean_dim(3).mean_dim(2).reshape([b, c]))
+        // The SK attention's one-pass global average, not two `mean_dim`s.
+        self.fc
+            .forward(crate::layers::selective_kernel::global_mean(x))
     }
 
     /// Logits.

@@ -169,13 +169,20 @@ fn folding_batchnorm_folds_every_conv_bn_pair_and_keeps_the_logits() {
         let got = to_vec(folded.clone().forward(x.clone()));
         let err = common::rel_err(&got, &want);
         assert!(err < 1e-5, "{name}: folded logits rel err {err:.2e}");
-        // Where the CPU has AVX-512, skresnet18's dense 3x3 convs of 64 channels or more on these
-        // 16x16 to 2x2 maps went through the packed kernel, their weights packed on first use.
-        if let Block::Basic(b) = &folded.layer1[0] {
-            let packed = b.conv2.conv.packed.as_ref();
+        // Where the CPU has AVX-512, skresnet18's dense 3x3 convs of 64 channels or more went
+        // through the Winograd kernel on the 16x16 maps and through the packed kernel on the 8x8
+        // to 2x2 ones, their weights transformed or packed on first use.
+        if let (Block::Basic(first), Block::Basic(second)) = (&folded.layer1[0], &folded.layer2[0])
+        {
+            let winograd = first.conv2.conv.packed.as_ref();
             assert!(
-                packed.is_none_or(|p| p.is_packed()),
-                "{name}: conv2 not packed"
+                winograd.is_none_or(|p| p.is_winograd() && !p.is_packed()),
+                "{name}: 16x16 conv2 not through Winograd"
+            );
+            let packed = second.conv2.conv.packed.as_ref();
+            assert!(
+                packed.is_none_or(|p| p.is_packed() && !p.is_winograd()),
+                "{name}: 8x8 conv2 not packed"
             );
         }
         // Folding twice changes nothing.

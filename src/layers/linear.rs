@@ -43,7 +43,10 @@ impl Linear {
 
     /// Applies the layer.
     pub fn forward(&self, input: Tensor<2>) -> Tensor<2> {
-        let y = input.matmul(self.weight.val().transpose());
+        // As `(W x^T)^T`: the gemm crate takes the weights as its left operand in the layout
+        // they are stored in, about twice as fast as `x W^T` for skresnext50's 2048 -> 1000
+        // head at batch 8.
+        let y = self.weight.val().matmul(input.transpose()).transpose();
         match &self.bias {
             Some(b) => y.add(b.val().unsqueeze_dim(0)),
             None => y,

@@ -44,7 +44,8 @@ impl MaxPoolOps for Flex {
         let [batch, channels, h, w] = [shape[0], shape[1], shape[2], shape[3]];
         let [out_h, out_w] = window.out;
         let input = x.as_slice::<f32>().expect("contiguous f32");
-        let mut out = vec![0f32; batch * channels * out_h * out_w];
+        // SAFETY: `pool_plane` writes every output of its plane.
+        let mut out = unsafe { super::output_buffer(batch * channels * out_h * out_w) };
         if !out.is_empty() {
             out.par_chunks_mut(out_h * out_w)
                 .zip(input.par_chunks(h * w))
@@ -80,6 +81,17 @@ fn span(i: usize, window: PoolWindow, pad: usize, len: usize) -> (usize, usize) 
     (start, end.max(start))
 }
 
+/// `a` or `b`, whichever is larger: a plain compare that vectorizes as one instruction, where
+/// `f32::max` adds a NaN test per lane. NaNs are handled apart (see [`pool_plane`]).
+#[inline(always)]
+fn larger(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
 fn pool_plane(
     input: &[f32],
     [h, w]: [usize; 2],
@@ -88,24 +100,41 @@ fn pool_plane(
     out: &mut [f32],
 ) {
     let [_, out_w] = window.out;
-    let has_nan = input.iter().any(|v| v.is_nan());
+    let (kernel, stride, pad) = (window.kernel, window.stride, window.pad[1]);
+    // A NaN test the compiler vectorizes (`any` stops early, so it stays scalar).
+    let has_nan = input
+        .chunks(256)
+        .any(|c| c.iter().fold(false, |nan, v| nan | v.is_nan()));
+    // The window rows' column-wise maximum, between `pad` leading and enough trailing minus
+    // infinities that output `x`'s window is `row[x * stride..][..kernel]`: padding counts as
+    // minus infinity, as in PyTorch.
+    let len = (pad + w).max(out_w.saturating_sub(1) * stride + kernel);
+    row.clear();
+    row.resize(len, f32::NEG_INFINITY);
     for (y, out_row) in out.chunks_mut(out_w).enumerate() {
-        // The column-wise maximum of the window's rows...
         let (r0, r1) = span(y, window, window.pad[0], h);
-        row.clear();
-        row.resize(w, f32::NEG_INFINITY);
+        let maxima = &mut row[pad..pad + w];
+        maxima.fill(f32::NEG_INFINITY);
         for input_row in input[r0 * w..r1 * w].chunks(w) {
-            for (m, &v) in row.iter_mut().zip(input_row) {
-                *m = m.max(v);
+            for (m, &v) in maxima.iter_mut().zip(input_row) {
+                *m = larger(*m, v);
             }
         }
         // ...then the maximum over the window's columns.
-        for (x, dst) in out_row.iter_mut().enumerate() {
-            let (c0, c1) = span(x, window, window.pad[1], w);
-            *dst = row[c0..c1].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        if (kernel, stride) == (3, 2) {
+            // The stems' pool, without a loop over the window.
+            for (x, dst) in out_row.iter_mut().enumerate() {
+                let c = &row[2 * x..2 * x + 3];
+                *dst = larger(larger(c[0], c[1]), c[2]);
+            }
+        } else {
+            for (x, dst) in out_row.iter_mut().enumerate() {
+                let c = &row[x * stride..x * stride + kernel];
+                *dst = c.iter().fold(f32::NEG_INFINITY, |m, &v| larger(m, v));
+            }
         }
         if has_nan {
-            // `f32::max` drops NaNs; a window holding one gives NaN.
+            // A window holding a NaN gives NaN.
             for (x, dst) in out_row.iter_mut().enumerate() {
                 let (c0, c1) = span(x, window, window.pad[1], w);
                 let nan = input[r0 * w..r1 * w]

@@ -16,6 +16,7 @@ pub mod sk_select;
 pub mod train_conv;
 pub mod train_norm;
 mod weight_grad;
+mod winograd;
 
 pub use conv::{Conv2d, ConvGeometry};
 pub use conv_norm_act::ConvNormAct;

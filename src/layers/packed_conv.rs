@@ -41,6 +41,8 @@ const POSITIONS: usize = 7;
 pub struct PackedWeights {
     source: Tensor<4>,
     packed: Arc<OnceLock<Vec<f32>>>,
+    /// The Winograd transform of the weights, for the convs [`super::winograd`] computes.
+    winograd: Arc<OnceLock<Vec<f32>>>,
 }
 
 impl PackedWeights {
@@ -56,12 +58,18 @@ impl PackedWeights {
         usable.then(|| Self {
             source: weight.clone(),
             packed: Arc::default(),
+            winograd: Arc::default(),
         })
     }
 
     /// Whether the weights have been packed (by a call that used them).
     pub fn is_packed(&self) -> bool {
         self.packed.get().is_some()
+    }
+
+    /// Whether the weights have been Winograd-transformed (by a call that used them).
+    pub fn is_winograd(&self) -> bool {
+        self.winograd.get().is_some()
     }
 }
 
@@ -86,7 +94,7 @@ pub fn conv2d_packed(
         input.into_dispatch(),
         weight.into_dispatch(),
         packed.source.clone().into_dispatch(),
-        packed.packed.clone(),
+        [packed.packed.clone(), packed.winograd.clone()],
         bias.into_dispatch(),
         options,
         relu,
@@ -102,7 +110,7 @@ pub trait PackedConvOps: Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         source: FloatTensor<Self>,
-        packed: Arc<OnceLock<Vec<f32>>>,
+        packed: [Arc<OnceLock<Vec<f32>>>; 2],
         bias: FloatTensor<Self>,
         options: ConvOptions<2>,
         relu: bool,
@@ -114,15 +122,31 @@ impl PackedConvOps for Flex {
         x: FlexTensor,
         weight: FlexTensor,
         source: FlexTensor,
-        packed: Arc<OnceLock<Vec<f32>>>,
+        [packed, winograd]: [Arc<OnceLock<Vec<f32>>>; 2],
         bias: FlexTensor,
         options: ConvOptions<2>,
         relu: bool,
     ) -> FlexTensor {
         let f32s = [&x, &weight, &bias].iter().all(|t| t.dtype() == DType::F32);
         let plan = Plan::checked(x.layout().shape(), weight.layout().shape(), &options)
-            .filter(|plan| f32s && plan.group_out.is_multiple_of(LANES) && available());
-        let plan = plan.filter(|plan| worth_it(plan) && same_tensor(&weight, &source));
+            .filter(|plan| f32s && plan.group_out.is_multiple_of(LANES) && available())
+            .filter(|_| same_tensor(&weight, &source));
+        if let Some(plan) = plan.filter(super::winograd::applies) {
+            let u = winograd.get_or_init(|| {
+                let weight = weight.to_contiguous();
+                super::winograd::transform_weights(
+                    weight.as_slice::<f32>().expect("contiguous f32"),
+                    [plan.out_channels, plan.in_channels],
+                )
+            });
+            // SAFETY: `run_winograd` writes every element.
+            return unsafe {
+                conv_output(&plan, x, bias, |images, bias, out| {
+                    super::winograd::run_winograd(&plan, images, u, bias, relu, out)
+                })
+            };
+        }
+        let plan = plan.filter(worth_it);
         let Some(plan) = plan else {
             return direct_conv2d_flex(x, weight, Some(bias), options, relu);
         };
@@ -405,11 +429,44 @@ unsafe fn tile<const V: usize, const R: usize, const P: usize>(
     }
 }
 
+/// The largest difference between [`conv2d_packed`] and burn's `conv2d` (ReLU'd if `relu`) on
+/// the same operands (the packed and Winograd kernels' tests).
+#[cfg(test)]
+pub(crate) fn max_error_against_burn(
+    x: &Tensor<4>,
+    weight: &Tensor<4>,
+    packed: &PackedWeights,
+    bias: &Tensor<1>,
+    options: &ConvOptions<2>,
+    relu: bool,
+) -> f32 {
+    let got = conv2d_packed(
+        x.clone(),
+        weight.clone(),
+        packed,
+        Some(bias.clone()),
+        options.clone(),
+        relu,
+    );
+    let want = burn::tensor::module::conv2d(
+        x.clone(),
+        weight.clone(),
+        Some(bias.clone()),
+        options.clone(),
+    );
+    let want = if relu {
+        burn::tensor::activation::relu(want)
+    } else {
+        want
+    };
+    assert_eq!(got.dims(), want.dims());
+    (got - want).abs().max().into_scalar()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::layers::{Conv2d, ConvGeometry};
-    use burn::tensor::activation::relu;
     use burn::tensor::module::conv2d;
     use burn::tensor::{Device, Distribution};
 
@@ -455,22 +512,7 @@ mod tests {
             let options = ConvOptions::new_with_padding([s, s], pads, [d, d], g);
             let packed = PackedWeights::of(&weight, g).expect("packable");
             for with_relu in [false, true] {
-                let got = conv2d_packed(
-                    x.clone(),
-                    weight.clone(),
-                    &packed,
-                    Some(bias.clone()),
-                    options.clone(),
-                    with_relu,
-                );
-                let want = conv2d(
-                    x.clone(),
-                    weight.clone(),
-                    Some(bias.clone()),
-                    options.clone(),
-                );
-                let want = if with_relu { relu(want) } else { want };
-                let err = max_diff(got, want);
+                let err = max_error_against_burn(&x, &weight, &packed, &bias, &options, with_relu);
                 assert!(
                     err < 1e-4,
                     "case {n} relu {with_relu}: max difference {err}"

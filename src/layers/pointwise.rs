@@ -44,21 +44,56 @@ pub(super) fn available() -> bool {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pointwise(
     images: usize,
-    [m, k, plane]: [usize; 3],
+    shape: [usize; 3],
     x: &[f32],
     w: &[f32],
     bias: &[f32],
     relu: bool,
     out: &mut [f32],
 ) {
+    let [m, k, plane] = shape;
+    pointwise_with(
+        images,
+        shape,
+        x,
+        w,
+        1,
+        bias,
+        relu,
+        out,
+        [k * plane, m * plane],
+    )
+}
+
+/// [`pointwise`] with `weight_sets` weight matrices (`w`: `[weight_sets][m][k]`): image `j` is
+/// multiplied by set `j % weight_sets` (the Winograd conv's 16 products per image); and with
+/// images `strides[0]` floats apart in `x` and `strides[1]` apart in `out` (at least their
+/// sizes; the values between them are neither read nor written).
+///
+/// # Panics
+/// If [`available`] is false or a slice is not of its shape's length.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pointwise_with(
+    images: usize,
+    [m, k, plane]: [usize; 3],
+    x: &[f32],
+    w: &[f32],
+    weight_sets: usize,
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+    [x_stride, out_stride]: [usize; 2],
+) {
     assert!(available(), "the pointwise kernel needs AVX-512");
-    assert_eq!(x.len(), images * k * plane);
-    assert_eq!(w.len(), m * k);
+    assert!(x_stride >= k * plane && out_stride >= m * plane);
+    assert_eq!(w.len(), weight_sets * m * k);
     assert_eq!(bias.len(), m);
-    assert_eq!(out.len(), images * m * plane);
-    if out.is_empty() {
+    if images == 0 || m * plane == 0 {
         return;
     }
+    let span = |stride: usize, len: usize| (images - 1) * stride + len;
+    assert!(x.len() >= span(x_stride, k * plane));
+    assert!(out.len() >= span(out_stride, m * plane));
     // Bands of whole vectors of positions, as even as they can be (784 positions: 4 bands of 12
     // or 13 vectors, not 3 of 16 and one of 1).
     let vectors = plane.div_ceil(16);
@@ -83,11 +118,12 @@ pub(super) fn pointwise(
             let (band, channel_band) = (rest / channel_bands, rest % channel_bands);
             let positions = band_positions(band);
             let rows = channel_band * band_rows..(channel_band * band_rows + band_rows).min(m);
-            let x_image = &x[image * k * plane..][..k * plane];
+            let x_image = &x[image * x_stride..][..k * plane];
+            let w = &w[image % weight_sets * m * k..][..m * k];
             // SAFETY: `available` checked AVX-512; the tasks write disjoint (rows, positions)
             // rectangles of image `image`'s output, all within `out`.
             unsafe {
-                let out_image = out_ptr.get().add(image * m * plane);
+                let out_image = out_ptr.get().add(image * out_stride);
                 band_task(
                     [k, plane],
                     x_image,

@@ -133,7 +133,7 @@ pub struct SelectiveKernelAttn {
 }
 
 /// The global average of a map: `[batch, C, height, width]` -> `[batch, C]`.
-fn global_mean(x: Tensor<4>) -> Tensor<2> {
+pub(crate) fn global_mean(x: Tensor<4>) -> Tensor<2> {
     if super::cpu_training_kernels() && super::channel_ops::supports(&x) {
         // One pass backward instead of a tensor of ones, a scale and a broadcast multiply.
         return super::channel_ops::spatial_mean(x);
@@ -154,7 +154,13 @@ fn channel_window(x: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
 /// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
 fn pointwise(conv: &Conv2d, x: Tensor<2>) -> Tensor<2> {
     let [o, i, _, _] = conv.weight.shape().dims::<4>();
-    let y = x.matmul(conv.weight.val().reshape([o, i]).transpose());
+    // `(W x^T)^T`, weights on the left as stored: see `Linear::forward`.
+    let y = conv
+        .weight
+        .val()
+        .reshape([o, i])
+        .matmul(x.transpose())
+        .transpose();
     match &conv.bias {
         Some(b) => y.add(b.val().unsqueeze_dim(0)),
         None => y,
