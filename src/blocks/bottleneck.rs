@@ -1,6 +1,5 @@
 //! The SK bottleneck: the paper's SKNet unit and timm's `SelectiveKernelBottleneck`.
 
-use crate::layers::residual_relu;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
@@ -77,8 +76,8 @@ impl BottleneckBlock {
         if let Some(sink) = attention {
             sink.push(a);
         }
-        let x = self.conv3.forward(x);
-        residual_relu(x, shortcut(&self.downsample, input))
+        let shortcut = shortcut(&self.downsample, input);
+        self.conv3.forward_add_relu(x, shortcut)
     }
 
     pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {

@@ -8,7 +8,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::direct_conv::conv2d_direct;
+use super::direct_conv::{conv2d_direct, conv2d_direct_add_relu};
 use super::packed_conv::{conv2d_packed, PackedWeights};
 use super::train_conv::train_conv2d;
 use crate::config::Padding;
@@ -173,16 +173,38 @@ impl Conv2d {
         self.apply(input, true)
     }
 
-    fn apply(&self, input: Tensor<4>, then_relu: bool) -> Tensor<4> {
-        let [_, _, h, w] = input.dims();
+    /// `relu(conv(input) + residual)`, a residual block's last conv and ending: in one pass over
+    /// the output where CPU inference's 1x1 kernel runs.
+    pub fn forward_add_relu(&self, input: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        let [b, _, h, w] = input.dims();
+        let out = self
+            .out_hw(h, w)
+            .map(|(oh, ow)| [b, self.out_channels(), oh, ow]);
+        if super::cpu_inference_kernels(&input)
+            && self.packed.is_none()
+            && out == Some(residual.dims())
+        {
+            let bias = self.bias.as_ref().map(|b| b.val());
+            let options = self.options(h, w);
+            return conv2d_direct_add_relu(input, self.weight.val(), bias, residual, options);
+        }
+        super::residual_relu(self.forward(input), residual)
+    }
+
+    /// The conv's options for an input of `(h, w)`.
+    fn options(&self, h: usize, w: usize) -> ConvOptions<2> {
         let g = self.geometry;
-        let pads = [g.pads(h), g.pads(w)];
-        let options = ConvOptions::new_with_padding(
+        ConvOptions::new_with_padding(
             [g.stride, g.stride],
-            pads,
+            [g.pads(h), g.pads(w)],
             [g.dilation, g.dilation],
             g.groups,
-        );
+        )
+    }
+
+    fn apply(&self, input: Tensor<4>, then_relu: bool) -> Tensor<4> {
+        let [_, _, h, w] = input.dims();
+        let options = self.options(h, w);
         if super::cpu_inference_kernels(&input) {
             let bias = self.bias.as_ref().map(|b| b.val());
             if let Some(packed) = &self.packed {

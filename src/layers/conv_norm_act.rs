@@ -55,6 +55,16 @@ impl ConvNormAct {
         }
     }
 
+    /// `relu(self.forward(input) + residual)`: a residual block's last conv and ending, in one
+    /// pass where the BN is folded, no ReLU of its own comes first, and CPU inference's 1x1
+    /// kernel runs.
+    pub fn forward_add_relu(&self, input: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        if self.bn.folded && !self.relu {
+            return self.conv.forward_add_relu(input, residual);
+        }
+        super::residual_relu(self.forward(input), residual)
+    }
+
     /// Folds the BN into the conv, for inference (see [`fold_into_conv`]).
     pub fn fold_batchnorm(self) -> Self {
         let (conv, bn) = fold_into_conv(self.conv, self.bn);

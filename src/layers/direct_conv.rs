@@ -129,6 +129,16 @@ pub trait DirectConvOps: Backend {
         options: ConvOptions<2>,
         relu: bool,
     ) -> FloatTensor<Self>;
+
+    /// `relu(conv2d(x, weight) + bias + residual)`: a residual block's last conv and ending.
+    /// `residual` has the output's shape.
+    fn direct_conv2d_add_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self>;
 }
 
 impl DirectConvOps for Flex {
@@ -140,6 +150,53 @@ impl DirectConvOps for Flex {
         relu: bool,
     ) -> FloatTensor<Self> {
         direct_conv2d_flex(x, weight, Some(bias), options, relu)
+    }
+
+    fn direct_conv2d_add_relu(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> FloatTensor<Self> {
+        let f32s = [&x, &weight, &bias, &residual]
+            .iter()
+            .all(|t| t.dtype() == DType::F32);
+        let plan = Plan::checked(x.layout().shape(), weight.layout().shape(), &options);
+        // Where the 1x1 kernel runs, the residual is added as the outputs are stored.
+        let fused = plan.filter(|plan| {
+            let out_shape = [plan.batch, plan.out_channels, plan.out_h, plan.out_w];
+            f32s && plan.group_in == plan.in_channels
+                && (plan.kernel, plan.stride, plan.pads) == (1, 1, [(0, 0); 2])
+                && Kernel::chosen() == Kernel::Avx512
+                && super::pointwise::available()
+                && residual.layout().shape().to_vec() == out_shape
+        });
+        let Some(plan) = fused else {
+            let out = direct_conv2d_flex(x, weight, Some(bias), options, false);
+            return <Flex as super::add_relu::AddReluOps>::add_relu(out, residual);
+        };
+        let (weight, residual) = (weight.to_contiguous(), residual.to_contiguous());
+        // SAFETY: the 1x1 kernel writes every output element.
+        unsafe {
+            conv_output(&plan, x, bias, |images, bias, out| {
+                let finish = super::pointwise::Finish {
+                    bias,
+                    residual: Some(residual.as_slice::<f32>().expect("contiguous f32")),
+                    relu: true,
+                };
+                let weight = weight.as_slice::<f32>().expect("contiguous f32");
+                let shape = [plan.out_channels, plan.in_channels, plan.out_h * plan.out_w];
+                super::pointwise::pointwise(
+                    plan.batch,
+                    shape,
+                    &images.compact(),
+                    weight,
+                    finish,
+                    out,
+                )
+            })
+        }
     }
 }
 
@@ -232,6 +289,32 @@ pub fn conv2d_direct(
         bias.into_dispatch(),
         options,
         relu,
+    ))
+}
+
+/// `relu(conv2d(input, weight, bias) + residual)`, computed directly, for the forward pass on
+/// the Flex CPU backend without autodiff: with AVX-512, a dense 1x1 conv adds the residual as it
+/// stores its outputs (a bottleneck block's last conv and ending in one pass over the output);
+/// other convs are followed by one add-and-ReLU pass.
+///
+/// # Shapes
+/// - input: `[batch, in_channels, height, width]`
+/// - weight: `[out_channels, in_channels / groups, kernel, kernel]`
+/// - residual and output: `[batch, out_channels, height', width']`
+pub fn conv2d_direct_add_relu(
+    input: Tensor<4>,
+    weight: Tensor<4>,
+    bias: Option<Tensor<1>>,
+    residual: Tensor<4>,
+    options: ConvOptions<2>,
+) -> Tensor<4> {
+    let bias = bias.unwrap_or_else(|| Tensor::zeros([weight.dims()[0]], &weight.device()));
+    Tensor::from_dispatch(<Dispatch as DirectConvOps>::direct_conv2d_add_relu(
+        input.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        residual.into_dispatch(),
+        options,
     ))
 }
 
@@ -630,7 +713,12 @@ fn run_pointwise(plan: &Plan, x: &[f32], w: &[f32], bias: &[f32], relu: bool, ou
     let plane = plan.out_h * plan.out_w;
     let (m, k) = (plan.out_channels, plan.in_channels);
     if Kernel::chosen() == Kernel::Avx512 && super::pointwise::available() {
-        return super::pointwise::pointwise(plan.batch, [m, k, plane], x, w, bias, relu, out);
+        let finish = super::pointwise::Finish {
+            bias,
+            residual: None,
+            relu,
+        };
+        return super::pointwise::pointwise(plan.batch, [m, k, plane], x, w, finish, out);
     }
     let store = |out_image: &mut [f32], parallel: bool| {
         let epilogue = |(o, row): (usize, &mut [f32])| {
@@ -960,7 +1048,7 @@ mod tests {
     /// and asymmetric (Keras 'same') padding, on odd sizes; through each kernel this CPU has (the
     /// blocked ones where output channels a group are a multiple of 4), with per-group and shared padded
     /// inputs (few groups: the output channels are split over tasks), as one GEMM per tap, and as
-    /// one GEMM (1x1 convs).
+    /// one GEMM (1x1 convs); each also as a residual block's ending, `relu(conv + residual)`.
     #[test]
     fn matches_burn_conv2d() {
         let device = Device::flex();
@@ -1011,13 +1099,32 @@ mod tests {
             );
             let bias = Tensor::<1>::random([cout], Distribution::Normal(0.0, 1.0), device);
             let options = ConvOptions::new_with_padding([s, s], pads, [d, d], g);
-            let expected = conv2d(x.clone(), wt.clone(), Some(bias.clone()), options.clone());
+            let conv = conv2d(x.clone(), wt.clone(), Some(bias.clone()), options.clone());
             let with_relu = n % 2 == 1;
-            let expected = if with_relu { relu(expected) } else { expected };
-            let got = conv2d_direct(x, wt, Some(bias), options, with_relu);
+            let expected = if with_relu {
+                relu(conv.clone())
+            } else {
+                conv.clone()
+            };
+            let got = conv2d_direct(
+                x.clone(),
+                wt.clone(),
+                Some(bias.clone()),
+                options.clone(),
+                with_relu,
+            );
             assert_eq!(got.dims(), expected.dims(), "{kernel:?} case {n}");
             let err: f32 = (got - expected).abs().max().into_scalar();
             assert!(err < 1e-4, "{kernel:?} case {n}: max difference {err}");
+            // The same conv ending a residual block (fused into the 1x1 kernel's stores).
+            let residual = Tensor::<4>::random(conv.dims(), Distribution::Normal(0.0, 1.0), device);
+            let expected = relu(conv + residual.clone());
+            let got = conv2d_direct_add_relu(x, wt, Some(bias), residual, options);
+            let err: f32 = (got - expected).abs().max().into_scalar();
+            assert!(
+                err < 1e-4,
+                "{kernel:?} case {n} + residual: max difference {err}"
+            );
         }
     }
 }

@@ -36,33 +36,31 @@ pub(super) fn available() -> bool {
     }
 }
 
-/// The 1x1 conv of `images` images `x` (`[images][k][plane]`) with `w` (`[m][k]`), plus
-/// `bias` (`[m]`), ReLU'd if `relu`, into `out` (`[images][m][plane]`), every element written.
+/// The 1x1 conv of `images` images `x` (`[images][k][plane]`) with `w` (`[m][k]`), finished
+/// (bias, residual, ReLU) as `finish` says, into `out` (`[images][m][plane]`), every element
+/// written.
 ///
 /// # Panics
 /// If [`available`] is false or a slice is not of its shape's length.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn pointwise(
     images: usize,
     shape: [usize; 3],
     x: &[f32],
     w: &[f32],
-    bias: &[f32],
-    relu: bool,
+    finish: Finish,
     out: &mut [f32],
 ) {
     let [m, k, plane] = shape;
-    pointwise_with(
-        images,
-        shape,
-        x,
-        w,
-        1,
-        bias,
-        relu,
-        out,
-        [k * plane, m * plane],
-    )
+    pointwise_with(images, shape, x, w, 1, finish, out, [k * plane, m * plane])
+}
+
+/// What the products get on their way out: `bias` (`[m]`), then `residual` (laid out like the
+/// output) if any, then a ReLU if `relu`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Finish<'a> {
+    pub(super) bias: &'a [f32],
+    pub(super) residual: Option<&'a [f32]>,
+    pub(super) relu: bool,
 }
 
 /// [`pointwise`] with `weight_sets` weight matrices (`w`: `[weight_sets][m][k]`): image `j` is
@@ -79,11 +77,15 @@ pub(super) fn pointwise_with(
     x: &[f32],
     w: &[f32],
     weight_sets: usize,
-    bias: &[f32],
-    relu: bool,
+    finish: Finish,
     out: &mut [f32],
     [x_stride, out_stride]: [usize; 2],
 ) {
+    let Finish {
+        bias,
+        residual,
+        relu,
+    } = finish;
     assert!(available(), "the pointwise kernel needs AVX-512");
     assert!(x_stride >= k * plane && out_stride >= m * plane);
     assert_eq!(w.len(), weight_sets * m * k);
@@ -94,6 +96,7 @@ pub(super) fn pointwise_with(
     let span = |stride: usize, len: usize| (images - 1) * stride + len;
     assert!(x.len() >= span(x_stride, k * plane));
     assert!(out.len() >= span(out_stride, m * plane));
+    assert!(residual.is_none_or(|r| r.len() == out.len()));
     // Bands of whole vectors of positions, as even as they can be (784 positions: 4 bands of 12
     // or 13 vectors, not 3 of 16 and one of 1).
     let vectors = plane.div_ceil(16);
@@ -124,12 +127,16 @@ pub(super) fn pointwise_with(
             // rectangles of image `image`'s output, all within `out`.
             unsafe {
                 let out_image = out_ptr.get().add(image * out_stride);
+                let residual = residual.map(|r| &r[image * out_stride..][..m * plane]);
                 band_task(
                     [k, plane],
                     x_image,
                     w,
-                    bias,
-                    relu,
+                    Finish {
+                        bias,
+                        residual,
+                        relu,
+                    },
                     rows,
                     positions,
                     out_image,
@@ -150,8 +157,7 @@ unsafe fn band_task(
     [k, plane]: [usize; 2],
     x: &[f32],
     w: &[f32],
-    bias: &[f32],
-    relu: bool,
+    finish: Finish,
     rows: std::ops::Range<usize>,
     positions: std::ops::Range<usize>,
     out: *mut f32,
@@ -173,11 +179,14 @@ unsafe fn band_task(
                 x: x.as_ptr().add(p),
                 x_stride: plane,
                 w: w.as_ptr().add(o * k),
-                bias: bias.as_ptr().add(o),
+                bias: finish.bias.as_ptr().add(o),
+                residual: finish
+                    .residual
+                    .map_or(std::ptr::null(), |r| r[o * plane + p..].as_ptr()),
                 out: out.add(o * plane + p),
                 out_stride: plane,
                 n,
-                relu,
+                relu: finish.relu,
             };
             tile_any(r, n.div_ceil(16), t);
         }
@@ -191,8 +200,7 @@ unsafe fn band_task(
     _: [usize; 2],
     _: &[f32],
     _: &[f32],
-    _: &[f32],
-    _: bool,
+    _: Finish,
     _: std::ops::Range<usize>,
     _: std::ops::Range<usize>,
     _: *mut f32,
@@ -201,7 +209,7 @@ unsafe fn band_task(
 }
 
 /// One register block's operands: `n` positions (at most `16 * V`) from `x` and `out`, rows from
-/// `w`, `bias` and `out`.
+/// `w`, `bias` and `out`; `residual` (laid out like `out`) is added unless it is null.
 #[derive(Clone, Copy)]
 struct Tile {
     k: usize,
@@ -209,6 +217,7 @@ struct Tile {
     x_stride: usize,
     w: *const f32,
     bias: *const f32,
+    residual: *const f32,
     out: *mut f32,
     out_stride: usize,
     n: usize,
@@ -273,6 +282,10 @@ unsafe fn tile<const R: usize, const V: usize>(t: Tile) {
         let b = _mm512_set1_ps(*t.bias.add(r));
         for v in 0..V {
             let mut y = _mm512_add_ps(acc[r][v], b);
+            if !t.residual.is_null() {
+                let at = t.residual.add(r * t.out_stride + 16 * v);
+                y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(masks[v], at));
+            }
             if t.relu {
                 y = _mm512_max_ps(y, zero);
             }

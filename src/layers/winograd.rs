@@ -160,8 +160,11 @@ pub(super) fn run_winograd(
         &v,
         u,
         XI,
-        &zeros,
-        false,
+        super::pointwise::Finish {
+            bias: &zeros,
+            residual: None,
+            relu: false,
+        },
         &mut products,
         [v_stride, m_stride],
     );
