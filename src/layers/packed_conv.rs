@@ -175,9 +175,14 @@ thread_local! {
 
 /// Whether the packed kernel beats the direct one on `plan`: the direct kernel computes padding
 /// columns too (5% more outputs or worse: maps of 28x28 and less), and there are enough input
-/// taps (576: 64 channels of 3x3) for the transposition of each block's output to cost little.
+/// taps (576: 64 channels of 3x3) for the transposition of each block's output to cost little;
+/// or half as many taps where the padding is a fifth of the outputs or more (7x7 maps).
 /// On skresnet18 at batch 1, the packed kernel took 0.75 to 0.95 of the direct kernel's time on
 /// convs of 28x28, 14x14 and 7x7 maps; on 56x56 maps and the stem (3 channels) it took more.
+/// skresnext50's grouped convs of 7x7 maps (32 channels a group, 288 taps) at batch 8 took 0.92
+/// (3x3) and 0.70 (dilated) of the direct kernel's time; the stride-2 ones onto 7x7 maps 1.1 to
+/// 1.2 where 12% of the direct kernel's outputs are padding (the dilated one, with 24%, about
+/// even); those of 16 channels a group on 14x14 maps 1.2.
 /// (1x1 convs on 7x7 maps, where the 1x1 kernel computes 64 positions for 49, ran no faster
 /// packed: they are not packed.)
 fn worth_it(plan: &Plan) -> bool {
@@ -187,8 +192,9 @@ fn worth_it(plan: &Plan) -> bool {
     }
     let width = PhaseLayout::new(plan).width;
     let run = (plan.out_h - 1) * width + plan.out_w;
+    let plane = plan.out_h * plan.out_w;
     let taps = plan.group_in * plan.kernel * plan.kernel;
-    taps >= 576 && plan.out_h * plan.out_w * 20 < run * 19
+    (taps >= 576 && plane * 20 < run * 19) || (taps >= 288 && plane * 6 < run * 5)
 }
 
 /// Whether `a` and `b` are views of the same elements of the same buffer.
@@ -563,15 +569,16 @@ mod tests {
     }
 
     /// A conv with packed weights computes what it computed before, where the packed kernel
-    /// runs (a 3x3 conv of 64 channels on a 7x7 map) and where it does not (few input channels,
-    /// a 56x56 map, groups of 2 output channels, a 1x1 conv).
+    /// runs (3x3 convs of 64 and 32 channels on a 7x7 map) and where it does not (16 input
+    /// channels, a 56x56 map, groups of 2 output channels, a 1x1 conv).
     #[test]
     fn packed_convs_keep_their_output() {
         let device = Device::flex();
         // (in, kernel, groups, size, runs packed)
         let cases = [
             (64, 3, 1, 7, true),
-            (32, 3, 1, 7, false),
+            (32, 3, 1, 7, true),
+            (16, 3, 1, 7, false),
             (64, 3, 1, 56, false),
             (64, 3, 32, 7, false),
             (576, 1, 1, 7, false),
