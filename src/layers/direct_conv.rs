@@ -777,13 +777,37 @@ impl Epilogue<'_> {
     /// Copies a run computed over the phase plane's width into an output plane, dropping the
     /// extra columns between rows, adding the bias and applying the ReLU if any.
     fn store(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::pointwise::available() {
+            // SAFETY: AVX-512 was detected.
+            return unsafe { self.store_avx512(acc, shift, out_plane) };
+        }
+        self.store_any(acc, shift, out_plane)
+    }
+
+    /// [`Self::store`] compiled for AVX-512, where the compiler's vectors are four times as
+    /// wide as the baseline's (a grouped conv's store took a third as long as its FMAs).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_avx512(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
+        self.store_any(acc, shift, out_plane)
+    }
+
+    #[inline(always)]
+    fn store_any(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
         let rows = out_plane
             .chunks_mut(self.plan.out_w)
             .zip(acc.chunks(self.width));
         if self.relu {
             for (dst, src) in rows {
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    *d = (v + shift).max(0.0);
+                    // A plain compare: one vector instruction (`f32::max` adds a NaN test, and
+                    // a NaN gives 0 either way).
+                    let v = v + shift;
+                    *d = if v > 0.0 { v } else { 0.0 };
                 }
             }
         } else {
