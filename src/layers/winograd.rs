@@ -114,6 +114,10 @@ pub(super) fn run_winograd(
     out: &mut [f32],
 ) {
     assert!(plan.kernel == 3 && plan.stride == 1 && plan.group_in == plan.in_channels);
+    assert!(
+        super::pointwise::available(),
+        "the Winograd conv needs AVX-512"
+    );
     let (m, k) = (plan.out_channels, plan.in_channels);
     assert_eq!(u.len(), XI * m * k);
     assert_eq!(bias.len(), m);
@@ -124,7 +128,7 @@ pub(super) fn run_winograd(
     let in_plane = plan.in_h * plan.in_w;
     // V[n][xi][i][t], then M[n][xi][o][t], with the xi a little more than their size apart: a
     // tile's 16 values are read or written together, and at a multiple of 4 KiB apart (64
-    // channels of 28x28 tiles) they all fell in the same L1 cache set.
+    // channels of 784 tiles) they all fell in the same L1 cache set.
     let (v_stride, m_stride) = (k * tiles + 16, m * tiles + 16);
     // SAFETY: `transform_input` writes every tile of every channel (not the gaps, which nothing
     // reads).
@@ -137,8 +141,8 @@ pub(super) fn run_winograd(
             (0..k)
                 .into_par_iter()
                 .for_each_init(Vec::new, |scratch, i| {
-                    // SAFETY: AVX-512 (`applies`; the pointwise kernel asserts it below); channel
-                    // `i`'s tiles of each xi, which no other task writes.
+                    // SAFETY: AVX-512 (asserted above); channel `i`'s tiles of each xi, which no
+                    // other task writes.
                     unsafe {
                         transform_input(
                             plan,
@@ -174,7 +178,7 @@ pub(super) fn run_winograd(
         .for_each(|(index, out_plane)| {
             let (n, o) = (index / m, index % m);
             let products = &products[n * XI * m_stride + o * tiles..];
-            // SAFETY: `applies` (asserted by the pointwise kernel above) checked AVX-512.
+            // SAFETY: AVX-512 (asserted above).
             unsafe { transform_output(plan, tiling, products, m_stride, bias[o], relu, out_plane) };
         });
 }
