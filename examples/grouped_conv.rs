@@ -8,7 +8,7 @@
 //! steadiest statistic for a comparison.
 
 use burn::tensor::{module::conv2d, ops::ConvOptions, Device, Distribution, Tensor};
-use sknet::layers::direct_conv::conv2d_direct;
+use sknet::ops::{self, Activation};
 use std::time::Instant;
 
 fn main() {
@@ -62,7 +62,14 @@ fn main() {
                 let y = if which == 0 {
                     conv2d(x.clone(), w.clone(), None, opts.clone())
                 } else {
-                    conv2d_direct(x.clone(), w.clone(), None, opts.clone(), false)
+                    ops::conv2d(
+                        x.clone(),
+                        w.clone(),
+                        None,
+                        None,
+                        opts.clone(),
+                        Activation::Identity,
+                    )
                 };
                 let _ = y.into_data();
                 *best = best.min(start.elapsed().as_secs_f64() * 1e3);

@@ -5,7 +5,7 @@
 //! Each time is the fastest of 21 calls.
 
 use burn::tensor::{ops::ConvOptions, Device, Distribution, Tensor};
-use sknet::layers::direct_conv::conv2d_direct;
+use sknet::ops::{conv2d, Activation};
 use std::time::Instant;
 
 fn main() {
@@ -48,7 +48,14 @@ fn main() {
         for call in 0..21 {
             let w = &ws[call % copies];
             let start = Instant::now();
-            let y = conv2d_direct(x.clone(), w.clone(), Some(b.clone()), opts.clone(), true);
+            let y = conv2d(
+                x.clone(),
+                w.clone(),
+                Some(b.clone()),
+                None,
+                opts.clone(),
+                Activation::Relu,
+            );
             let _ = y.into_data();
             best = best.min(start.elapsed().as_secs_f64() * 1e3);
         }

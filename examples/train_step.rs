@@ -33,7 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let x = Tensor::<4>::random([batch, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
         let t = Instant::now();
         // The whole step on the CPU kernels' thread pool, as `sknet train` runs it.
-        model = sknet::layers::on_cpu_pool(|| {
+        model = sknet::ops::on_cpu_pool(|| {
             let loss = model.forward(x).powf_scalar(2.0).mean();
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             sgd.step(model, grads, 0.01)

@@ -20,17 +20,18 @@
 //! let logits = model.forward(x); // [1, 1000]
 //! ```
 
-pub mod bench;
 pub mod blocks;
-pub mod cli;
 pub mod config;
+mod cpu;
 pub mod data;
 pub mod device;
 pub mod eval;
 pub mod infer;
 pub mod layers;
 pub mod model;
+pub mod ops;
 pub mod presets;
+pub mod sizes;
 pub mod summary;
 pub mod train;
 pub mod weights;

@@ -1,5 +1,7 @@
+mod cli;
+
 use clap::Parser;
-use sknet::cli::{run, Cli};
+use cli::{run, Cli};
 
 /// Keeps freed tensor buffers in the heap for reuse. glibc otherwise serves every buffer above its
 /// mmap threshold with fresh pages and unmaps it on free, so a training step of a small network
@@ -23,6 +25,9 @@ fn main() {
         Ok(text) => print!("{text}"),
         Err(e) => {
             eprintln!("error: {e}");
+            if let Some(hint) = e.hint() {
+                eprintln!("hint: {hint}");
+            }
             std::process::exit(2);
         }
     }

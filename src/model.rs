@@ -5,16 +5,19 @@
 //! `layer1.0.conv2.paths.0.conv.weight`, `layer1.0.downsample.0.weight`, `fc.bias`, ...); the
 //! Keras notebook's model adds `input_bn` (its BN on the raw input).
 
-use crate::layers::max_pool::{max_pool2d_direct, PoolWindow};
 use burn::module::Module;
-use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use burn::tensor::{Device, Tensor};
 use thiserror::Error;
 
 use crate::blocks::{Block, BlockSpec};
 use crate::config::{ConfigError, NetworkConfig, Padding, StemConfig};
-use crate::layers::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry, Linear};
+use crate::layers::{
+    fold_into_conv, Activation, BatchNorm2d, BatchNorm2dConfig, Conv2d, ConvConfig, ConvGeometry,
+    Linear, LinearConfig,
+};
+use crate::ops;
+use crate::sizes::Sizes;
 
 /// Most stages a network may have: timm's `layer1` .. `layer4`.
 pub const MAX_STAGES: usize = 4;
@@ -106,33 +109,37 @@ impl SkNet {
         let (input_bn, stem_conv) = match config.stem {
             StemConfig::Imagenet { width, .. } => (
                 None,
-                Conv2d::new(
+                ConvConfig::new(
                     config.in_channels,
                     width,
                     ConvGeometry::new(7, Padding::Symmetric).with_stride(2),
-                    false,
-                    device,
-                ),
+                )
+                .with_bias(false)
+                .init(device),
             ),
             StemConfig::Cifar { width } => (
                 None,
-                Conv2d::new(
+                ConvConfig::new(
                     config.in_channels,
                     width,
                     ConvGeometry::new(3, Padding::Symmetric),
-                    false,
-                    device,
-                ),
+                )
+                .with_bias(false)
+                .init(device),
             ),
             StemConfig::KerasSeed { width } => (
-                Some(BatchNorm2d::new(config.in_channels, norm, device)),
-                Conv2d::new(
+                Some(
+                    BatchNorm2dConfig::new(config.in_channels)
+                        .with_norm(norm)
+                        .init(device),
+                ),
+                ConvConfig::new(
                     config.in_channels,
                     width,
                     ConvGeometry::new(7, Padding::Same).with_stride(2),
-                    true,
-                    device,
-                ),
+                )
+                .with_bias(true)
+                .init(device),
             ),
         };
         let mut stages: Vec<Vec<Block>> = Vec::new();
@@ -162,12 +169,14 @@ impl SkNet {
         Ok(Self {
             input_bn,
             conv1: stem_conv,
-            bn1: BatchNorm2d::new(config.stem.width(), norm, device),
+            bn1: BatchNorm2dConfig::new(config.stem.width())
+                .with_norm(norm)
+                .init(device),
             layer1: next(),
             layer2: next(),
             layer3: next(),
             layer4: next(),
-            fc: Linear::new(in_ch, config.num_classes, true, device),
+            fc: LinearConfig::new(in_ch, config.num_classes).init(device),
             config: config.clone(),
         })
     }
@@ -252,18 +261,11 @@ impl SkNet {
             }
             _ => options,
         };
-        let out = (self.pool_out_len(h), self.pool_out_len(w));
-        if let (true, (Some(out_h), Some(out_w))) = (crate::layers::cpu_inference_kernels(&x), out)
-        {
-            let window = PoolWindow {
-                kernel: options.kernel_size[0],
-                stride: options.stride[0],
-                pad: [options.padding[0].0, options.padding[1].0],
-                out: [out_h, out_w],
-            };
-            return max_pool2d_direct(x, window);
-        }
-        max_pool2d(x, options)
+        let out = match (self.pool_out_len(h), self.pool_out_len(w)) {
+            (Some(out_h), Some(out_w)) => Some([out_h, out_w]),
+            _ => None,
+        };
+        ops::max_pool2d(x, options, out)
     }
 
     /// The stem before its max-pool (stride 2 for ImageNet stems).
@@ -274,9 +276,10 @@ impl SkNet {
         };
         if self.bn1.folded {
             // Inference: the BN is in the conv's bias, and the ReLU is applied as it stores.
-            return self.conv1.forward_relu(x);
+            return self.conv1.forward_act(x, Activation::Relu);
         }
-        self.bn1.forward_relu(self.conv1.forward(x))
+        self.bn1
+            .forward_act(self.conv1.forward(x), Activation::Relu)
     }
 
     fn run_stages(
@@ -299,13 +302,12 @@ impl SkNet {
 
     fn head(&self, x: Tensor<4>) -> Tensor<2> {
         // The SK attention's one-pass global average, not two `mean_dim`s.
-        self.fc
-            .forward(crate::layers::selective_kernel::global_mean(x))
+        self.fc.forward(ops::spatial_mean(x))
     }
 
     /// Logits.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<2> {
-        crate::layers::on_cpu_pool(|| {
+        ops::on_cpu_pool(|| {
             let x = self.max_pool(self.stem(input));
             self.head(self.run_stages(x, None, None))
         })
@@ -319,7 +321,7 @@ impl SkNet {
     /// Logits and the attention of every SK unit, in network order.
     pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<2>, Vec<UnitAttention>) {
         let mut weights = Vec::new();
-        let logits = crate::layers::on_cpu_pool(|| {
+        let logits = ops::on_cpu_pool(|| {
             let x = self.max_pool(self.stem(input));
             self.head(self.run_stages(x, Some(&mut weights), None))
         });
@@ -339,7 +341,7 @@ impl SkNet {
     /// Backbone features: the stem output (before the max-pool) and each stage's output. For
     /// ImageNet-style stems with four stages these have strides 2, 4, 8, 16 and 32.
     pub fn features(&self, input: Tensor<4>) -> Vec<Tensor<4>> {
-        crate::layers::on_cpu_pool(|| {
+        ops::on_cpu_pool(|| {
             let stem = self.stem(input);
             let mut out = vec![stem.clone()];
             self.run_stages(self.max_pool(stem), None, Some(&mut out));

@@ -6,11 +6,12 @@
 //! channels-last shapes, so that its table equals `model.summary()` of the notebook's model;
 //! the others use timm's module names and channels-first shapes.
 
+use crate::sizes::Sizes;
 use serde::Serialize;
 
 use crate::blocks::Block;
 use crate::config::{BlockKind, StemConfig};
-use crate::model::{InputError, SkNet};
+use crate::model::{InputError, ShapeTrace, SkNet};
 
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,11 +48,15 @@ pub struct Summary {
     pub layers: Vec<LayerRow>,
 }
 
-/// Row builder that numbers repeated Keras names (`conv2d`, `conv2d_1`, ...).
+/// Row builder that numbers repeated Keras names (`conv2d`, `conv2d_1`, ...) and adds up the
+/// parameters and multiply-adds of the layers it is given.
 struct Rows {
     keras: bool,
     rows: Vec<LayerRow>,
     counts: std::collections::HashMap<String, usize>,
+    trainable: usize,
+    frozen: usize,
+    macs: u64,
 }
 
 impl Rows {
@@ -63,33 +68,60 @@ impl Rows {
         }
     }
 
-    fn push(
+    /// The Keras name (numbered by class across the model) or timm's name.
+    fn unique_name(&mut self, name: &str) -> String {
+        if !self.keras {
+            return name.to_string();
+        }
+        let n = self.counts.entry(name.to_string()).or_insert(0);
+        let unique = if *n == 0 {
+            name.to_string()
+        } else {
+            format!("{name}_{n}")
+        };
+        *n += 1;
+        unique
+    }
+
+    /// A row without parameters (an activation, a pool, the input).
+    fn push(&mut self, name: &str, kind: &str, c: usize, hw: Option<(usize, usize)>) {
+        self.push_layer(name, kind, c, hw, (0, 0), 0);
+    }
+
+    /// A row for a layer with `params` (trainable, non-trainable) and `macs`.
+    fn push_layer(
         &mut self,
         name: &str,
         kind: &str,
         c: usize,
         hw: Option<(usize, usize)>,
-        params: usize,
+        (trainable, frozen): (usize, usize),
+        macs: u64,
     ) {
-        let name = if self.keras {
-            let n = self.counts.entry(name.to_string()).or_insert(0);
-            let unique = if *n == 0 {
-                name.to_string()
-            } else {
-                format!("{name}_{n}")
-            };
-            *n += 1;
-            unique
-        } else {
-            name.to_string()
-        };
+        self.trainable += trainable;
+        self.frozen += frozen;
+        self.macs += macs;
+        let name = self.unique_name(name);
         let output_shape = self.shape(c, hw);
         self.rows.push(LayerRow {
             name,
             kind: kind.to_string(),
             output_shape,
-            params,
+            params: trainable + frozen,
         });
+    }
+
+    /// `keras` or timm's (name, class) of a layer.
+    fn names(
+        &self,
+        keras: (&'static str, &'static str),
+        timm: (&'static str, &'static str),
+    ) -> (&'static str, &'static str) {
+        if self.keras {
+            keras
+        } else {
+            timm
+        }
     }
 }
 
@@ -111,84 +143,84 @@ pub fn summarize(model: &SkNet, height: usize, width: usize) -> Result<Summary, 
         keras,
         rows: Vec::new(),
         counts: Default::default(),
+        trainable: 0,
+        frozen: 0,
+        macs: 0,
     };
-    let mut trainable = 0usize;
-    let mut frozen = 0usize;
-    let mut macs = 0u64;
-    let mut count = |(t, n): (usize, usize)| {
-        trainable += t;
-        frozen += n;
-        t + n
-    };
+    stem_rows(&mut rows, model, &trace, (height, width));
+    let channels = stage_rows(&mut rows, model, &trace);
+    head_rows(&mut rows, model, channels);
+    Ok(Summary {
+        arch: config.name.clone(),
+        layout: if keras { "NHWC" } else { "NCHW" },
+        input: [height, width],
+        total_params: rows.trainable + rows.frozen,
+        trainable_params: rows.trainable,
+        non_trainable_params: rows.frozen,
+        macs: rows.macs,
+        layers: rows.rows,
+    })
+}
 
+/// The input (Keras), the notebook's input BN, the stem conv, BN, ReLU and max-pool.
+fn stem_rows(rows: &mut Rows, model: &SkNet, trace: &ShapeTrace, (height, width): (usize, usize)) {
+    let config = &model.config;
     let cin = config.in_channels;
     let stem_c = config.stem.width();
     let input_hw = Some((height, width));
-    if keras {
-        rows.push("input", "InputLayer", cin, input_hw, 0);
+    if rows.keras {
+        rows.push("input", "InputLayer", cin, input_hw);
         // Keras numbers the first InputLayer `input_1`.
         rows.rows.last_mut().expect("row").name = "input_1".into();
     }
     if let Some(bn) = &model.input_bn {
-        let p = count(bn.params());
-        rows.push(
-            "batch_normalization",
-            "BatchNormalization",
-            cin,
-            input_hw,
-            p,
-        );
+        let name = ("batch_normalization", "BatchNormalization");
+        rows.push_layer(name.0, name.1, cin, input_hw, bn.params(), 0);
     }
-    let p = count((model.conv1.params(), 0));
-    macs += model.conv1.macs(height, width);
-    let (conv_name, conv_type) = if keras {
-        ("conv2d", "Conv2D")
-    } else {
-        ("conv1", "Conv2d")
-    };
-    rows.push(conv_name, conv_type, stem_c, Some(trace.stem), p);
-    let p = count(model.bn1.params());
-    if keras {
-        rows.push(
-            "batch_normalization",
-            "BatchNormalization",
-            stem_c,
-            Some(trace.stem),
-            p,
-        );
-        rows.push("activation", "Activation", stem_c, Some(trace.stem), 0);
-    } else {
-        rows.push("bn1", "BatchNorm2d", stem_c, Some(trace.stem), p);
-        rows.push("act1", "ReLU", stem_c, Some(trace.stem), 0);
-    }
+    let (name, kind) = rows.names(("conv2d", "Conv2D"), ("conv1", "Conv2d"));
+    let (params, macs) = (model.conv1.params(), model.conv1.macs(height, width));
+    rows.push_layer(name, kind, stem_c, Some(trace.stem), params, macs);
+    let (name, kind) = rows.names(
+        ("batch_normalization", "BatchNormalization"),
+        ("bn1", "BatchNorm2d"),
+    );
+    rows.push_layer(name, kind, stem_c, Some(trace.stem), model.bn1.params(), 0);
+    let (name, kind) = rows.names(("activation", "Activation"), ("act1", "ReLU"));
+    rows.push(name, kind, stem_c, Some(trace.stem));
     if !matches!(config.stem, StemConfig::Cifar { .. }) {
-        let (name, kind) = if keras {
-            ("max_pooling2d", "MaxPooling2D")
-        } else {
-            ("maxpool", "MaxPool2d")
-        };
-        rows.push(name, kind, stem_c, Some(trace.pooled), 0);
+        let (name, kind) = rows.names(("max_pooling2d", "MaxPooling2D"), ("maxpool", "MaxPool2d"));
+        rows.push(name, kind, stem_c, Some(trace.pooled));
     }
+}
 
+/// One row per block; returns the last stage's channels.
+fn stage_rows(rows: &mut Rows, model: &SkNet, trace: &ShapeTrace) -> usize {
+    let config = &model.config;
     let mut hw = trace.pooled;
     let mut k = 0;
-    let mut channels = stem_c;
+    let mut channels = config.stem.width();
     for (i, stage) in model.stages().iter().enumerate() {
         for (j, block) in stage.iter().enumerate() {
-            macs += block.macs(hw.0, hw.1);
+            let macs = block.macs(hw.0, hw.1);
             hw = trace.blocks[k];
             k += 1;
             channels = config.stage_channels(i);
-            let p = count(block.params());
-            let name = if keras {
+            let name = if rows.keras {
                 "sk_conv".to_string()
             } else {
                 format!("layer{}.{j}", i + 1)
             };
-            rows.push(&name, block_type(block, keras), channels, Some(hw), p);
+            let kind = block_type(block, rows.keras);
+            rows.push_layer(&name, kind, channels, Some(hw), block.params(), macs);
         }
     }
-    if keras {
+    channels
+}
+
+/// Global average pooling and the classifier.
+fn head_rows(rows: &mut Rows, model: &SkNet, channels: usize) {
+    let config = &model.config;
+    if rows.keras {
         // Keras numbers layers by class across the whole model, nested ones included: each SK unit
         // made one GlobalAveragePooling2D and 1 + M Dense layers before the head's.
         let units = model.stages().iter().map(|s| s.len()).sum::<usize>();
@@ -199,31 +231,14 @@ pub fn summarize(model: &SkNet, height: usize, width: usize) -> Result<Summary, 
             .or_insert(0) += units;
         *rows.counts.entry("dense".into()).or_insert(0) += units * (1 + m);
     }
-    let (name, kind) = if keras {
-        ("global_average_pooling2d", "GlobalAveragePooling2D")
-    } else {
-        ("global_pool", "AdaptiveAvgPool2d")
-    };
-    rows.push(name, kind, channels, None, 0);
-    let p = count((model.fc.params(), 0));
-    macs += (model.fc.in_features() * model.fc.out_features()) as u64;
-    let (name, kind) = if keras {
-        ("dense", "Dense")
-    } else {
-        ("fc", "Linear")
-    };
-    rows.push(name, kind, config.num_classes, None, p);
-
-    Ok(Summary {
-        arch: config.name.clone(),
-        layout: if keras { "NHWC" } else { "NCHW" },
-        input: [height, width],
-        total_params: trainable + frozen,
-        trainable_params: trainable,
-        non_trainable_params: frozen,
-        macs,
-        layers: rows.rows,
-    })
+    let (name, kind) = rows.names(
+        ("global_average_pooling2d", "GlobalAveragePooling2D"),
+        ("global_pool", "AdaptiveAvgPool2d"),
+    );
+    rows.push(name, kind, channels, None);
+    let (name, kind) = rows.names(("dense", "Dense"), ("fc", "Linear"));
+    let (params, macs) = (model.fc.params(), model.fc.macs(1, 1));
+    rows.push_layer(name, kind, config.num_classes, None, params, macs);
 }
 
 /// `12345678` -> `12,345,678`.

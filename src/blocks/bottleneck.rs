@@ -3,11 +3,9 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::basic::sum_params;
-use super::shortcut::{fold_projection, projection_macs, projection_params, shortcut, Projection};
+use super::shortcut::{fold_projection, shortcut, Projection};
 use super::BlockSpec;
-use crate::layers::selective_kernel::SelectiveKernelConfig;
-use crate::layers::{ConvGeometry, ConvNormAct, SelectiveKernel};
+use crate::layers::{Activation, ConvGeometry, ConvNormAct, SelectiveKernel};
 
 /// `relu(conv3(sk(conv1(x))) + shortcut(x))`: 1x1 reduce, SK conv (stride), 1x1 expand.
 ///
@@ -32,29 +30,14 @@ impl BottleneckBlock {
         let one = ConvGeometry::new(1, spec.padding);
         let width = spec.sk_width;
         Self {
-            conv1: ConvNormAct::new(
-                spec.in_channels,
-                width,
-                one,
-                spec.conv_bias,
-                spec.norm,
-                true,
-                device,
-            ),
-            conv2: SelectiveKernelConfig::new(width, width, spec.sk.clone())
-                .with_stride(spec.stride)
-                .with_norm(spec.norm)
-                .with_padding(spec.padding)
+            conv1: spec
+                .conv_norm_act(spec.in_channels, width, one)
                 .init(device),
-            conv3: ConvNormAct::new(
-                width,
-                spec.out_channels,
-                one,
-                spec.conv_bias,
-                spec.norm,
-                false,
-                device,
-            ),
+            conv2: spec.selective_kernel(width, width).init(device),
+            conv3: spec
+                .conv_norm_act(width, spec.out_channels, one)
+                .with_activation(Activation::Identity)
+                .init(device),
             downsample: spec.projection(device),
         }
     }
@@ -78,26 +61,5 @@ impl BottleneckBlock {
         }
         let shortcut = shortcut(&self.downsample, input);
         self.conv3.forward_add_relu(x, shortcut)
-    }
-
-    pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        self.conv2.out_hw(h, w)
-    }
-
-    pub(crate) fn macs(&self, h: usize, w: usize) -> u64 {
-        let (oh, ow) = self.conv2.out_hw(h, w).unwrap_or((0, 0));
-        self.conv1.conv.macs(h, w)
-            + self.conv2.macs(h, w)
-            + self.conv3.conv.macs(oh, ow)
-            + projection_macs(&self.downsample, h, w)
-    }
-
-    pub(crate) fn params(&self) -> (usize, usize) {
-        sum_params(&[
-            self.conv1.params(),
-            self.conv2.params(),
-            self.conv3.params(),
-            projection_params(&self.downsample),
-        ])
     }
 }

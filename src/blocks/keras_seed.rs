@@ -5,15 +5,13 @@
 //! ReLU before the residual add; the shortcut is projected whenever the input width differs from
 //! the output width (so the stride sits in the SK branches and in the shortcut conv).
 
-use crate::layers::residual_relu;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use super::basic::sum_params;
-use super::shortcut::{fold_projection, projection_macs, projection_params, shortcut, Projection};
+use super::shortcut::{fold_projection, shortcut, Projection};
 use super::BlockSpec;
-use crate::layers::selective_kernel::SelectiveKernelConfig;
-use crate::layers::{BatchNorm2d, ConvGeometry, ConvNormAct, SelectiveKernel};
+use crate::layers::{BatchNorm2d, BatchNorm2dConfig, ConvGeometry, ConvNormAct, SelectiveKernel};
+use crate::ops;
 
 /// `relu(relu(bn3(conv3(bn2(sk(relu(bn1(conv1(x)))))))) + shortcut(x))`.
 ///
@@ -43,30 +41,16 @@ impl KerasSeedBlock {
         let one = ConvGeometry::new(1, spec.padding);
         let filters = spec.sk_width;
         Self {
-            conv1: ConvNormAct::new(
-                spec.in_channels,
-                filters,
-                one,
-                spec.conv_bias,
-                spec.norm,
-                true,
-                device,
-            ),
-            conv2: SelectiveKernelConfig::new(filters, filters, spec.sk.clone())
-                .with_stride(spec.stride)
-                .with_norm(spec.norm)
-                .with_padding(spec.padding)
+            conv1: spec
+                .conv_norm_act(spec.in_channels, filters, one)
                 .init(device),
-            bn2: BatchNorm2d::new(filters, spec.norm, device),
-            conv3: ConvNormAct::new(
-                filters,
-                spec.out_channels,
-                one,
-                spec.conv_bias,
-                spec.norm,
-                true,
-                device,
-            ),
+            conv2: spec.selective_kernel(filters, filters).init(device),
+            bn2: BatchNorm2dConfig::new(filters)
+                .with_norm(spec.norm)
+                .init(device),
+            conv3: spec
+                .conv_norm_act(filters, spec.out_channels, one)
+                .init(device),
             downsample: spec.projection(device),
         }
     }
@@ -91,28 +75,6 @@ impl KerasSeedBlock {
             sink.push(a);
         }
         let x = self.conv3.forward(self.bn2.forward(x));
-        residual_relu(x, shortcut(&self.downsample, input))
-    }
-
-    pub(crate) fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        self.conv2.out_hw(h, w)
-    }
-
-    pub(crate) fn macs(&self, h: usize, w: usize) -> u64 {
-        let (oh, ow) = self.conv2.out_hw(h, w).unwrap_or((0, 0));
-        self.conv1.conv.macs(h, w)
-            + self.conv2.macs(h, w)
-            + self.conv3.conv.macs(oh, ow)
-            + projection_macs(&self.downsample, h, w)
-    }
-
-    pub(crate) fn params(&self) -> (usize, usize) {
-        sum_params(&[
-            self.conv1.params(),
-            self.conv2.params(),
-            self.bn2.params(),
-            self.conv3.params(),
-            projection_params(&self.downsample),
-        ])
+        ops::add_relu(x, shortcut(&self.downsample, input))
     }
 }

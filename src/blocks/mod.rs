@@ -15,6 +15,8 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{BlockKind, NormConfig, Padding, SkConfig};
+use crate::layers::{ConvGeometry, ConvNormActConfig, SelectiveKernelConfig};
+use crate::sizes::Sizes;
 
 /// Everything a block needs to know to build itself.
 #[derive(Debug, Clone)]
@@ -62,6 +64,26 @@ impl BlockSpec {
                 device,
             )
         })
+    }
+
+    /// A conv + BN + ReLU of this block, with its bias and BN settings.
+    fn conv_norm_act(
+        &self,
+        inputs: usize,
+        outputs: usize,
+        geometry: ConvGeometry,
+    ) -> ConvNormActConfig {
+        ConvNormActConfig::new(inputs, outputs, geometry)
+            .with_bias(self.conv_bias)
+            .with_norm(self.norm)
+    }
+
+    /// The block's SK unit, carrying its stride.
+    fn selective_kernel(&self, inputs: usize, outputs: usize) -> SelectiveKernelConfig {
+        SelectiveKernelConfig::new(inputs, outputs, self.sk.clone())
+            .with_stride(self.stride)
+            .with_norm(self.norm)
+            .with_padding(self.padding)
     }
 
     /// Builds the block.
@@ -115,19 +137,19 @@ impl Block {
         }
     }
 
-    /// Output `(height, width)` for an input of `(height, width)`; `None` if too small.
-    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        each_block!(self, b => b.out_hw(h, w))
-    }
-
-    /// Multiply-accumulates of conv and linear layers, for one image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
-        each_block!(self, b => b.macs(h, w))
-    }
-
-    /// (trainable, non-trainable) parameters; BN running statistics are non-trainable.
-    pub fn params(&self) -> (usize, usize) {
-        each_block!(self, b => b.params())
+    /// The layers of the residual branch in order, and the shortcut.
+    fn layers(&self) -> (Vec<&dyn Sizes>, &dyn Sizes) {
+        match self {
+            Block::Basic(b) => (vec![&b.conv1 as &dyn Sizes, &b.conv2], &b.downsample),
+            Block::Bottleneck(b) => (
+                vec![&b.conv1 as &dyn Sizes, &b.conv2, &b.conv3],
+                &b.downsample,
+            ),
+            Block::KerasSeed(b) => (
+                vec![&b.conv1 as &dyn Sizes, &b.conv2, &b.bn2, &b.conv3],
+                &b.downsample,
+            ),
+        }
     }
 
     /// The block's SK unit.
@@ -145,5 +167,21 @@ impl Block {
             Block::Basic(_) => "conv1",
             Block::Bottleneck(_) | Block::KerasSeed(_) => "conv2",
         }
+    }
+}
+
+impl Sizes for Block {
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        self.layers().0.out_hw(h, w)
+    }
+
+    fn macs(&self, h: usize, w: usize) -> u64 {
+        let (branch, shortcut) = self.layers();
+        branch.macs(h, w) + shortcut.macs(h, w)
+    }
+
+    fn params(&self) -> (usize, usize) {
+        let (branch, shortcut) = self.layers();
+        crate::sizes::sum_params([branch.params(), shortcut.params()])
     }
 }

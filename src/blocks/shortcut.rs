@@ -3,7 +3,10 @@
 use burn::tensor::{Device, Tensor};
 
 use crate::config::{NormConfig, Padding};
-use crate::layers::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry};
+use crate::layers::{
+    fold_into_conv, BatchNorm2d, BatchNorm2dConfig, Conv2d, ConvConfig, ConvGeometry,
+};
+use crate::sizes::{sum_params, Sizes};
 
 /// `(conv, bn)`: a tuple, so that its parameter paths are `downsample.0.weight` and
 /// `downsample.1.*`, as in timm's `nn.Sequential`.
@@ -21,8 +24,12 @@ pub fn projection(
 ) -> Projection {
     let geometry = ConvGeometry::new(1, padding).with_stride(stride);
     (
-        Conv2d::new(in_channels, out_channels, geometry, bias, device),
-        BatchNorm2d::new(out_channels, norm, device),
+        ConvConfig::new(in_channels, out_channels, geometry)
+            .with_bias(bias)
+            .init(device),
+        BatchNorm2dConfig::new(out_channels)
+            .with_norm(norm)
+            .init(device),
     )
 }
 
@@ -39,15 +46,16 @@ pub fn fold_projection(projection: Option<Projection>) -> Option<Projection> {
     projection.map(|(conv, bn)| fold_into_conv(conv, bn))
 }
 
-/// (trainable, non-trainable) parameters of an optional projection.
-pub fn projection_params(projection: &Option<Projection>) -> (usize, usize) {
-    projection.as_ref().map_or((0, 0), |(conv, bn)| {
-        let (t, n) = bn.params();
-        (conv.params() + t, n)
-    })
-}
+impl Sizes for Projection {
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        self.0.out_hw(h, w)
+    }
 
-/// Multiply-accumulates of an optional projection on an `h x w` input.
-pub fn projection_macs(projection: &Option<Projection>, h: usize, w: usize) -> u64 {
-    projection.as_ref().map_or(0, |(conv, _)| conv.macs(h, w))
+    fn macs(&self, h: usize, w: usize) -> u64 {
+        self.0.macs(h, w)
+    }
+
+    fn params(&self) -> (usize, usize) {
+        sum_params([self.0.params(), self.1.params()])
+    }
 }

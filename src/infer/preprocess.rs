@@ -41,6 +41,17 @@ impl Preprocess {
         }
     }
 
+    /// Small images at their own size: no resize or crop, CIFAR-10's mean and std.
+    pub fn cifar(size: [usize; 2]) -> Self {
+        Self {
+            size,
+            crop_pct: 1.0,
+            interpolation: Filter::Bicubic,
+            mean: [0.4914, 0.4822, 0.4465],
+            std: [0.2470, 0.2435, 0.2616],
+        }
+    }
+
     /// Resize and center crop, on 8-bit pixels (what timm hands to `ToTensor`).
     pub fn resize_crop(&self, img: &Rgb8) -> Rgb8 {
         let [ch, cw] = self.size;

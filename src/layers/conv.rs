@@ -3,15 +3,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::activation::relu;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor};
 
-use super::direct_conv::{conv2d_direct, conv2d_direct_add_relu};
-use super::packed_conv::{conv2d_packed, PackedWeights};
-use super::train_conv::train_conv2d;
 use crate::config::Padding;
+use crate::ops::{self, Activation, PackedWeights};
+use crate::sizes::Sizes;
 
 /// Geometry of a convolution: everything but its weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,16 +104,41 @@ pub struct Conv2d {
     pub packed: Option<PackedWeights>,
 }
 
-impl Conv2d {
+/// Builds a [`Conv2d`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvConfig {
+    /// Input channels.
+    pub in_channels: usize,
+    /// Output channels.
+    pub out_channels: usize,
+    /// Kernel, stride, dilation, groups, padding.
+    pub geometry: ConvGeometry,
+    /// Whether the conv adds a bias (default: no, as before a BatchNorm).
+    pub bias: bool,
+}
+
+impl ConvConfig {
+    /// A conv without bias.
+    pub fn new(in_channels: usize, out_channels: usize, geometry: ConvGeometry) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            geometry,
+            bias: false,
+        }
+    }
+
+    /// Sets whether the conv adds a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
     /// A new conv with Kaiming-normal weights (ReLU gain, `fan_out = out * k * k` as PyTorch's
     /// `kaiming_normal_(mode="fan_out")` computes it, which timm's ResNet uses), and zero bias.
-    pub fn new(
-        in_channels: usize,
-        out_channels: usize,
-        geometry: ConvGeometry,
-        bias: bool,
-        device: &Device,
-    ) -> Self {
+    pub fn init(&self, device: &Device) -> Conv2d {
+        let (geometry, in_channels, out_channels) =
+            (self.geometry, self.in_channels, self.out_channels);
         let k = geometry.kernel;
         let fan_in = in_channels / geometry.groups * k * k;
         let fan_out = out_channels * k * k;
@@ -130,21 +152,24 @@ impl Conv2d {
             Some(fan_out),
             device,
         );
-        let bias = bias.then(|| Initializer::Zeros.init([out_channels], device));
-        Self {
+        let bias = self
+            .bias
+            .then(|| Initializer::Zeros.init([out_channels], device));
+        Conv2d {
             weight,
             bias,
             geometry,
             packed: None,
         }
     }
+}
 
+impl Conv2d {
     /// Packs the weights for CPU inference's packed kernel where it applies (see
-    /// [`PackedWeights::of`]): kxk convs (k > 1) with a multiple of 16 output channels per group,
-    /// on a CPU with AVX-512. Nothing is packed until a call uses them, and they are used only
-    /// while the weights stay the tensor they were packed from.
+    /// [`ops::pack_conv_weights`]). Nothing is packed until a call uses them, and they are used
+    /// only while the weights stay the tensor they were packed from.
     pub fn pack_weights(self) -> Self {
-        let packed = PackedWeights::of(&self.weight.val(), self.geometry.groups);
+        let packed = ops::pack_conv_weights(&self.weight.val(), self.geometry.groups);
         Self { packed, ..self }
     }
 
@@ -159,36 +184,31 @@ impl Conv2d {
     }
 
     /// Applies the convolution.
-    ///
-    /// In CPU inference, convs go through [`conv2d_direct`] (several times faster than burn-flex's
-    /// per-group gemm for SK units, without its layout changes for dense ones, and with the bias
-    /// and ReLU applied in the same pass). CPU training goes through [`train_conv2d`], whose
-    /// backward pass replaces burn's derived one. GPU backends use burn's `conv2d`.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.apply(input, false)
+        self.forward_act(input, Activation::Identity)
     }
 
-    /// `relu(conv(input))`, in one pass over the output where the direct kernel runs.
-    pub fn forward_relu(&self, input: Tensor<4>) -> Tensor<4> {
-        self.apply(input, true)
+    /// `act(conv(input))`, the activation applied as the output is stored where a kernel can.
+    pub fn forward_act(&self, input: Tensor<4>, activation: Activation) -> Tensor<4> {
+        let [_, _, h, w] = input.dims();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let (weight, options) = (self.weight.val(), self.options(h, w));
+        ops::conv2d(
+            input,
+            weight,
+            bias,
+            self.packed.as_ref(),
+            options,
+            activation,
+        )
     }
 
-    /// `relu(conv(input) + residual)`, a residual block's last conv and ending: in one pass over
-    /// the output where CPU inference's 1x1 kernel runs.
+    /// `relu(conv(input) + residual)`, a residual block's last conv and its ending.
     pub fn forward_add_relu(&self, input: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
-        let [b, _, h, w] = input.dims();
-        let out = self
-            .out_hw(h, w)
-            .map(|(oh, ow)| [b, self.out_channels(), oh, ow]);
-        if super::cpu_inference_kernels(&input)
-            && self.packed.is_none()
-            && out == Some(residual.dims())
-        {
-            let bias = self.bias.as_ref().map(|b| b.val());
-            let options = self.options(h, w);
-            return conv2d_direct_add_relu(input, self.weight.val(), bias, residual, options);
-        }
-        super::residual_relu(self.forward(input), residual)
+        let [_, _, h, w] = input.dims();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let (weight, options) = (self.weight.val(), self.options(h, w));
+        ops::conv2d_add_relu(input, weight, bias, self.packed.as_ref(), options, residual)
     }
 
     /// The conv's options for an input of `(h, w)`.
@@ -201,55 +221,22 @@ impl Conv2d {
             g.groups,
         )
     }
+}
 
-    fn apply(&self, input: Tensor<4>, then_relu: bool) -> Tensor<4> {
-        let [_, _, h, w] = input.dims();
-        let options = self.options(h, w);
-        if super::cpu_inference_kernels(&input) {
-            let bias = self.bias.as_ref().map(|b| b.val());
-            if let Some(packed) = &self.packed {
-                let weight = self.weight.val();
-                return conv2d_packed(input, weight, packed, bias, options, then_relu);
-            }
-            return conv2d_direct(input, self.weight.val(), bias, options, then_relu);
-        }
-        let out = if input.device().is_autodiff() && super::cpu_training_kernels() {
-            let out = train_conv2d(input, self.weight.val(), options);
-            match &self.bias {
-                Some(bias) => out + bias.val().reshape([1, -1, 1, 1]),
-                None => out,
-            }
-        } else {
-            conv2d(
-                input,
-                self.weight.val(),
-                self.bias.as_ref().map(|b| b.val()),
-                options,
-            )
-        };
-        if then_relu {
-            relu(out)
-        } else {
-            out
-        }
-    }
-
-    /// Output `(height, width)` for an input of `(height, width)`, `None` if too small.
-    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+impl Sizes for Conv2d {
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
         Some((self.geometry.out_len(h)?, self.geometry.out_len(w)?))
     }
 
-    /// Multiply-accumulates for one image of `(height, width)`.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
+    fn macs(&self, h: usize, w: usize) -> u64 {
         let (oh, ow) = self.out_hw(h, w).unwrap_or((0, 0));
         let [o, i, kh, kw] = self.weight.shape().dims::<4>();
         (oh * ow * o * i * kh * kw) as u64
     }
 
-    /// Learnable parameters.
-    pub fn params(&self) -> usize {
-        self.weight.shape().num_elements()
-            + self.bias.as_ref().map_or(0, |b| b.shape().num_elements())
+    fn params(&self) -> (usize, usize) {
+        let bias = self.bias.as_ref().map_or(0, |b| b.shape().num_elements());
+        (self.weight.shape().num_elements() + bias, 0)
     }
 }
 

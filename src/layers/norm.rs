@@ -2,19 +2,52 @@
 
 use burn::module::{Flag, Module, Param, RunningState};
 use burn::nn::Initializer;
-use burn::tensor::module::{batch_norm, batch_norm_train};
-use burn::tensor::{activation, Device, Tensor};
+use burn::tensor::module::batch_norm;
+use burn::tensor::{Device, Tensor};
 
-use super::train_norm::train_batch_norm;
-use super::{cpu_training_kernels, Conv2d};
-
-/// The output of a batch-statistics BatchNorm, whichever implementation computed it.
-struct BatchStatistics<const D: usize> {
-    output: Tensor<D>,
-    mean: Tensor<1>,
-    variance: Tensor<1>,
-}
+use super::Conv2d;
 use crate::config::NormConfig;
+use crate::ops::{self, Activation};
+use crate::sizes::Sizes;
+
+/// Builds a [`BatchNorm2d`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNorm2dConfig {
+    /// Channels.
+    pub channels: usize,
+    /// eps, momentum, variance convention (default: PyTorch's).
+    pub norm: NormConfig,
+}
+
+impl BatchNorm2dConfig {
+    /// A BN over `channels` with PyTorch's settings.
+    pub fn new(channels: usize) -> Self {
+        Self {
+            channels,
+            norm: NormConfig::pytorch(),
+        }
+    }
+
+    /// Sets eps, momentum and the variance convention.
+    pub fn with_norm(mut self, norm: NormConfig) -> Self {
+        self.norm = norm;
+        self
+    }
+
+    /// Identity-initialised BN: weight 1, bias 0, mean 0, var 1.
+    pub fn init(&self, device: &Device) -> BatchNorm2d {
+        let channels = self.channels;
+        BatchNorm2d {
+            weight: Initializer::Ones.init([channels], device),
+            bias: Initializer::Zeros.init([channels], device),
+            running_mean: RunningState::new(Tensor::zeros([channels], device)),
+            running_var: RunningState::new(Tensor::ones([channels], device)),
+            training: Param::from_bool(true),
+            config: self.norm,
+            folded: false,
+        }
+    }
+}
 
 /// Batch normalization over the channel axis (axis 1).
 ///
@@ -51,19 +84,6 @@ pub struct BatchNorm2d {
 }
 
 impl BatchNorm2d {
-    /// Identity-initialised BN: weight 1, bias 0, mean 0, var 1.
-    pub fn new(channels: usize, config: NormConfig, device: &Device) -> Self {
-        Self {
-            weight: Initializer::Ones.init([channels], device),
-            bias: Initializer::Zeros.init([channels], device),
-            running_mean: RunningState::new(Tensor::zeros([channels], device)),
-            running_var: RunningState::new(Tensor::ones([channels], device)),
-            training: Param::from_bool(true),
-            config,
-            folded: false,
-        }
-    }
-
     /// Channels.
     pub fn channels(&self) -> usize {
         self.weight.shape().dims::<1>()[0]
@@ -71,30 +91,22 @@ impl BatchNorm2d {
 
     /// Applies the normalization.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        self.normalize(input, false)
+        self.forward_act(input, Activation::Identity)
     }
 
-    /// Applies the normalization, then a ReLU. In CPU training (`f32`) the two are one pass
-    /// forward and one backward ([`train_batch_norm`]).
-    pub fn forward_relu<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        self.normalize(input, true)
-    }
-
-    fn normalize<const D: usize>(&self, input: Tensor<D>, relu: bool) -> Tensor<D> {
-        let device = input.device();
-        let fused = cpu_training_kernels()
-            && !self.folded
-            && device.is_autodiff()
-            && self.training.is_enabled()
-            && input.dtype() == burn::tensor::DType::F32;
-        if relu && !fused {
-            return activation::relu(self.normalize(input, false));
-        }
+    /// Applies the normalization, then `activation`: in CPU training one pass forward and one
+    /// backward for both.
+    pub fn forward_act<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        activation: Activation,
+    ) -> Tensor<D> {
         if self.folded {
-            return input;
+            return activation.apply(input);
         }
-        if !(device.is_autodiff() && self.training.is_enabled()) {
-            return batch_norm(
+        if !(input.device().is_autodiff() && self.training.is_enabled()) {
+            let device = input.device();
+            let output = batch_norm(
                 input,
                 self.weight.val(),
                 self.bias.val(),
@@ -102,7 +114,18 @@ impl BatchNorm2d {
                 self.running_var.value().to_device(&device),
                 self.config.eps,
             );
+            return activation.apply(output);
         }
+        self.forward_training(input, activation)
+    }
+
+    /// Normalizes with the batch statistics and folds them into the running ones.
+    fn forward_training<const D: usize>(
+        &self,
+        input: Tensor<D>,
+        activation: Activation,
+    ) -> Tensor<D> {
+        let device = input.device();
         let dims = input.dims();
         let count: usize = dims
             .iter()
@@ -111,21 +134,7 @@ impl BatchNorm2d {
             .map(|(_, d)| d)
             .product();
         let (weight, bias, eps) = (self.weight.val(), self.bias.val(), self.config.eps);
-        let result = if cpu_training_kernels() {
-            let r = train_batch_norm(input, weight, bias, eps, relu);
-            BatchStatistics {
-                output: r.output,
-                mean: r.mean,
-                variance: r.variance,
-            }
-        } else {
-            let r = batch_norm_train(input, weight, bias, eps);
-            BatchStatistics {
-                output: r.output,
-                mean: r.mean,
-                variance: r.variance,
-            }
-        };
+        let result = ops::batch_norm_train(input, weight, bias, eps, activation);
         let variance = if self.config.unbiased_running_var && count > 1 {
             result
                 .variance
@@ -154,13 +163,25 @@ impl BatchNorm2d {
         self.running_var.value_sync();
         result.output
     }
+}
 
-    /// (trainable, non-trainable) parameter counts, as Keras counts them.
-    pub fn params(&self) -> (usize, usize) {
+/// Per channel: no multiply-adds counted (as Keras and the MAC counters count), the map's size
+/// unchanged.
+impl Sizes for BatchNorm2d {
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        Some((h, w))
+    }
+
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
+        0
+    }
+
+    fn params(&self) -> (usize, usize) {
         let c = self.channels();
         (2 * c, 2 * c)
     }
 }
+
 /// Folds inference-mode `bn` into the convolution `conv` that feeds it, for inference.
 ///
 /// With `s = weight / sqrt(running_var + eps)`, the convolution becomes `W' = W * s` (per output

@@ -16,8 +16,13 @@ use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor};
 
-use super::{fold_into_conv, BatchNorm2d, Conv2d, ConvGeometry, ConvNormAct};
+use super::{
+    fold_into_conv, BatchNorm2d, BatchNorm2dConfig, Conv2d, ConvConfig, ConvGeometry, ConvNormAct,
+    ConvNormActConfig,
+};
 use crate::config::{LogitLayout, NormConfig, Padding, SkConfig};
+use crate::ops::{self, Activation};
+use crate::sizes::{sum_params, Sizes};
 
 /// Builds a [`SelectiveKernel`].
 #[derive(Debug, Clone)]
@@ -86,25 +91,24 @@ impl SelectiveKernelConfig {
                     .with_stride(self.stride)
                     .with_dilation(dilation)
                     .with_groups(groups);
-                ConvNormAct::new(
-                    branch_in,
-                    c,
-                    geometry,
-                    sk.conv_bias,
-                    self.norm,
-                    true,
-                    device,
-                )
+                ConvNormActConfig::new(branch_in, c, geometry)
+                    .with_bias(sk.conv_bias)
+                    .with_norm(self.norm)
+                    .init(device)
             })
             .collect();
         let d = sk.attn_width.resolve(c);
         let one_by_one = ConvGeometry::new(1, Padding::Symmetric);
         let attn = SelectiveKernelAttn {
-            fc_reduce: Conv2d::new(c, d, one_by_one, sk.attn_bias, device),
+            fc_reduce: ConvConfig::new(c, d, one_by_one)
+                .with_bias(sk.attn_bias)
+                .init(device),
             bn: sk
                 .attn_norm_act
-                .then(|| BatchNorm2d::new(d, self.norm, device)),
-            fc_select: Conv2d::new(d, c * m, one_by_one, sk.attn_bias, device),
+                .then(|| BatchNorm2dConfig::new(d).with_norm(self.norm).init(device)),
+            fc_select: ConvConfig::new(d, c * m, one_by_one)
+                .with_bias(sk.attn_bias)
+                .init(device),
             layout: sk.layout,
         };
         SelectiveKernel {
@@ -132,25 +136,6 @@ pub struct SelectiveKernelAttn {
     pub layout: LogitLayout,
 }
 
-/// The global average of a map: `[batch, C, height, width]` -> `[batch, C]`.
-pub(crate) fn global_mean(x: Tensor<4>) -> Tensor<2> {
-    if super::cpu_training_kernels() && super::channel_ops::supports(&x) {
-        // One pass backward instead of a tensor of ones, a scale and a broadcast multiply.
-        return super::channel_ops::spatial_mean(x);
-    }
-    let [b, c, _, _] = x.dims();
-    x.mean_dim(3).mean_dim(2).reshape([b, c])
-}
-
-/// Channels `[start, start + len)` of `x`: the branch's part of a split input.
-fn channel_window(x: Tensor<4>, start: usize, len: usize) -> Tensor<4> {
-    if super::cpu_training_kernels() && super::channel_ops::supports(&x) {
-        // The input gradient written once, instead of zeroed and then filled in.
-        return super::channel_ops::channel_window(x, start, len);
-    }
-    x.narrow(1, start, len)
-}
-
 /// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
 fn pointwise(conv: &Conv2d, x: Tensor<2>) -> Tensor<2> {
     let [o, i, _, _] = conv.weight.shape().dims::<4>();
@@ -174,7 +159,7 @@ impl SelectiveKernelAttn {
     /// - `fused`: `[batch, C, height, width]` (the sum of the branch outputs)
     /// - output: `[batch, M, C]`, summing to 1 over M
     pub fn forward(&self, fused: Tensor<4>) -> Tensor<3> {
-        self.forward_pooled(global_mean(fused))
+        self.forward_pooled(ops::spatial_mean(fused))
     }
 
     /// Branch weights from the fused map's global average `s`.
@@ -186,7 +171,7 @@ impl SelectiveKernelAttn {
         let [b, c] = s.dims();
         let mut z = pointwise(&self.fc_reduce, s);
         if let Some(bn) = &self.bn {
-            z = bn.forward_relu(z);
+            z = bn.forward_act(z, Activation::Relu);
         }
         let logits = pointwise(&self.fc_select, z);
         let m = self.fc_select.out_channels() / c;
@@ -211,11 +196,24 @@ impl SelectiveKernelAttn {
             None => self,
         }
     }
+}
 
-    /// (trainable, non-trainable) parameter counts.
-    pub fn params(&self) -> (usize, usize) {
-        let (t, n) = self.bn.as_ref().map_or((0, 0), |bn| bn.params());
-        (self.fc_reduce.params() + self.fc_select.params() + t, n)
+/// Works on the pooled vector: `out_hw` is the single position it outputs.
+impl Sizes for SelectiveKernelAttn {
+    fn out_hw(&self, _h: usize, _w: usize) -> Option<(usize, usize)> {
+        Some((1, 1))
+    }
+
+    fn macs(&self, _h: usize, _w: usize) -> u64 {
+        self.fc_reduce.macs(1, 1) + self.fc_select.macs(1, 1)
+    }
+
+    fn params(&self) -> (usize, usize) {
+        sum_params([
+            self.fc_reduce.params(),
+            self.bn.params(),
+            self.fc_select.params(),
+        ])
     }
 }
 
@@ -239,52 +237,28 @@ pub struct SelectiveKernel {
 impl SelectiveKernel {
     /// Output and per-channel branch weights.
     pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<3>) {
-        let m = self.paths.len();
-        let branches: Vec<Tensor<4>> = if self.split_input {
-            let part = input.dims()[1] / m;
-            self.paths
-                .iter()
-                .enumerate()
-                .map(|(i, p)| p.forward(channel_window(input.clone(), i * part, part)))
-                .collect()
-        } else {
-            self.paths
-                .iter()
-                .map(|p| p.forward(input.clone()))
-                .collect()
-        };
-        // Fuse: the attention only needs the fused map's global average, which is the sum of the
-        // branches' averages; the fused map itself is never formed.
-        let pooled = branches
-            .iter()
-            .map(|u| global_mean(u.clone()))
-            .reduce(|acc, s| acc.add(s))
-            .expect("at least two branches");
-        let attention = self.attn.forward_pooled(pooled);
-        if let [u0, u1] = branches.as_slice() {
-            if super::cpu_training_kernels() && super::sk_select::supports(u0, u1, &attention) {
-                // One pass forward and backward instead of two multiplies and an add.
-                let output =
-                    super::sk_select::sk_select2(u0.clone(), u1.clone(), attention.clone());
-                return (output, attention);
-            }
-        }
-        let [b, _, c] = attention.dims();
-        let output = branches
-            .into_iter()
-            .enumerate()
-            .map(|(i, u)| {
-                let a = attention.clone().narrow(1, i, 1).reshape([b, c, 1, 1]);
-                u.mul(a)
-            })
-            .reduce(|acc, v| acc.add(v))
-            .expect("at least two branches");
-        (output, attention)
+        let branches = self.split(input);
+        let attention = self.attn.forward_pooled(fuse(&branches));
+        (ops::sk_select(branches, attention.clone()), attention)
     }
 
     /// Output only.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         self.forward_with_attention(input).0
+    }
+
+    /// Split: every branch on the input, or on its own slice of the input's channels.
+    fn split(&self, input: Tensor<4>) -> Vec<Tensor<4>> {
+        let m = self.paths.len();
+        let part = input.dims()[1] / m;
+        self.paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| match self.split_input {
+                true => path.forward(ops::channel_window(input.clone(), i * part, part)),
+                false => path.forward(input.clone()),
+            })
+            .collect()
     }
 
     /// Folds every BN that follows a convolution into it, for inference.
@@ -304,28 +278,39 @@ impl SelectiveKernel {
     pub fn out_channels(&self) -> usize {
         self.paths[0].conv.out_channels()
     }
+}
 
-    /// Output `(height, width)`, `None` if the input is too small for a branch.
-    pub fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let first = self.paths[0].conv.out_hw(h, w)?;
+/// Fuse: `s = GAP(sum_m U_m)`, taken as the sum of the branches' averages, so the fused map
+/// itself is never formed.
+fn fuse(branches: &[Tensor<4>]) -> Tensor<2> {
+    branches
+        .iter()
+        .map(|u| ops::spatial_mean(u.clone()))
+        .reduce(|acc, s| acc.add(s))
+        .expect("an SK unit has at least two branches")
+}
+
+impl Sizes for SelectiveKernel {
+    /// `None` also when the branches disagree on the output size.
+    fn out_hw(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        let first = self.paths[0].out_hw(h, w)?;
         self.paths
             .iter()
-            .all(|p| p.conv.out_hw(h, w) == Some(first))
+            .all(|p| p.out_hw(h, w) == Some(first))
             .then_some(first)
     }
 
-    /// Multiply-accumulates for one image.
-    pub fn macs(&self, h: usize, w: usize) -> u64 {
-        let branches: u64 = self.paths.iter().map(|p| p.conv.macs(h, w)).sum();
-        branches + self.attn.fc_reduce.macs(1, 1) + self.attn.fc_select.macs(1, 1)
+    fn macs(&self, h: usize, w: usize) -> u64 {
+        let branches: u64 = self.paths.iter().map(|p| p.macs(h, w)).sum();
+        branches + self.attn.macs(1, 1)
     }
 
-    /// (trainable, non-trainable) parameter counts.
-    pub fn params(&self) -> (usize, usize) {
-        self.paths
-            .iter()
-            .map(|p| p.params())
-            .chain(std::iter::once(self.attn.params()))
-            .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    fn params(&self) -> (usize, usize) {
+        sum_params(
+            self.paths
+                .iter()
+                .map(Sizes::params)
+                .chain([self.attn.params()]),
+        )
     }
 }

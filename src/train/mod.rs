@@ -51,7 +51,7 @@ pub enum TrainError {
     Weights(#[from] WeightsError),
     /// The loss diverged.
     #[error(
-        "loss is {loss} at epoch {epoch}, step {step}: training diverged (try a lower --lr); \
+        "loss is {loss} at epoch {epoch}, step {step}: training diverged (try a lower learning rate); \
          the last good checkpoint is kept in {dir}"
     )]
     NotFinite {
@@ -278,7 +278,7 @@ pub fn train(
     let s = &settings;
     if s.batch == 0 || s.epochs == 0 {
         return Err(TrainError::Setting(
-            "--batch and --epochs must be >= 1".into(),
+            "the batch size and the number of epochs must be >= 1".into(),
         ));
     }
     let data = Arc::new(Dataset::open(&s.data)?);
@@ -395,7 +395,7 @@ pub fn train(
                     dir: s.output.display().to_string(),
                 });
             }
-            model = crate::layers::on_cpu_pool(|| {
+            model = crate::ops::on_cpu_pool(|| {
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 sgd.step(model, grads, lr)
             });

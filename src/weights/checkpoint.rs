@@ -43,17 +43,26 @@ pub enum WeightsError {
         arch: String,
     },
     /// The file's tensors do not fit the network.
-    #[error("{path}: the weights do not fit `{arch}`{hint}\n{report}")]
+    #[error("{path}: the weights do not fit `{arch}`{}\n{report}", fits_note(.fits))]
     Mismatch {
         /// The file.
         path: String,
         /// The network.
         arch: String,
-        /// Which preset the file does fit, when one does.
-        hint: String,
+        /// The preset the file does fit, when one does.
+        fits: Option<String>,
         /// Every missing, unexpected and mis-shaped key.
         report: String,
     },
+    /// The file carries no sknet config and its tensors fit no preset exactly.
+    #[error("{path}: the weights fit no preset and carry no config; name the architecture or give its config to see which keys differ")]
+    UnknownArchitecture {
+        /// The file.
+        path: String,
+    },
+    /// The network named for the file is not valid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     /// The file carries an sknet config that cannot be used.
     #[error("{path}: bad metadata `{key}`: {message}")]
     Metadata {
@@ -72,6 +81,12 @@ pub enum WeightsError {
         /// What went wrong, and what to do.
         message: String,
     },
+}
+
+fn fits_note(fits: &Option<String>) -> String {
+    fits.as_ref()
+        .map(|name| format!(" (they fit the preset `{name}`)"))
+        .unwrap_or_default()
 }
 
 /// One tensor of a checkpoint, as f32.

@@ -105,16 +105,11 @@ pub fn load_into(
     let ours = named_tensors(&model);
     let report = compare(&ours, &ckpt);
     if !report.is_exact() && !allow_partial {
-        let hint = match infer_preset(&ckpt) {
-            Some(name) if name != model.config.name => {
-                format!(" (they fit the preset `{name}`: pass --arch {name})")
-            }
-            _ => String::new(),
-        };
+        let fits = infer_preset(&ckpt).filter(|name| *name != model.config.name);
         return Err(WeightsError::Mismatch {
             path: ckpt.path.clone(),
             arch: model.config.name.clone(),
-            hint,
+            fits,
             report: report.describe(),
         });
     }
@@ -171,7 +166,7 @@ pub fn resolve_config(
     ckpt: &Checkpoint,
     arch: Option<&str>,
     explicit: Option<NetworkConfig>,
-) -> Result<NetworkConfig, crate::cli::CliError> {
+) -> Result<NetworkConfig, WeightsError> {
     if let Some(config) = explicit {
         return Ok(config);
     }
@@ -192,11 +187,8 @@ pub fn resolve_config(
         config.validate()?;
         return Ok(config);
     }
-    let name = infer_preset(ckpt).ok_or_else(|| WeightsError::Mismatch {
+    let name = infer_preset(ckpt).ok_or_else(|| WeightsError::UnknownArchitecture {
         path: ckpt.path.clone(),
-        arch: "any preset".into(),
-        hint: " (pass --arch NAME or --config FILE to see what differs)".into(),
-        report: String::new(),
     })?;
     let mut config = presets::by_name(&name)?;
     config.num_classes = checkpoint_classes(ckpt).unwrap_or(config.num_classes);

@@ -22,7 +22,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::train_norm::lane_sum;
+use super::lane_sum;
 use super::{dims4, flex_f32, into_contiguous_f32, output_buffer};
 
 /// The channel window and the spatial mean with handwritten backward passes on

@@ -1,14 +1,78 @@
 //! `sknet bench`: median latency, throughput and peak memory of inference or a training step.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
 use serde::Serialize;
 
-use crate::config::NetworkConfig;
-use crate::model::SkNet;
-use crate::train::optim::{Sgd, SgdConfig};
+use sknet::config::NetworkConfig;
+use sknet::device::default_device;
+use sknet::presets;
+
+use super::args::parse_input_size;
+use super::CliError;
+use sknet::model::SkNet;
+use sknet::train::optim::{Sgd, SgdConfig};
+
+/// `sknet bench` arguments.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Preset (see `sknet archs`).
+    #[arg(long, default_value = "sknet50")]
+    pub arch: String,
+    /// A JSON or TOML config; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Batch size.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Input size `S` or `HxW` (default: the network's).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Time a training step (forward, backward, SGD update) instead of inference.
+    #[arg(long)]
+    pub train: bool,
+    /// Untimed warm-up runs.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Timed runs.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Builds the network, checks the input, times it.
+pub fn run(args: BenchArgs) -> Result<String, CliError> {
+    let mut config = match &args.config {
+        Some(path) => NetworkConfig::from_file(path)?,
+        None => presets::by_name(&args.arch)?,
+    };
+    if let Some(size) = &args.input {
+        config.default_input = parse_input_size(size)?;
+    }
+    if args.batch == 0 || args.runs == 0 {
+        return Err(CliError::Argument {
+            arg: "--batch / --runs".into(),
+            message: "must be >= 1".into(),
+        });
+    }
+    let model = SkNet::new(&config, &default_device())?;
+    let [h, w] = config.default_input;
+    model.check_input(&[args.batch, config.in_channels, h, w])?;
+    let r = bench(&config, args.batch, args.train, args.warmup, args.runs);
+    Ok(if args.json {
+        serde_json::to_string(&r).expect("result") + "\n"
+    } else {
+        format!(
+            "{} {} batch {} at {}x{} on {}: median {:.1} ms, {:.1} images/s, peak RSS {:.0} MiB\n",
+            r.arch, r.mode, r.batch, h, w, r.backend, r.median_ms, r.images_per_s, r.peak_rss_mb
+        )
+    })
+}
 
 /// One benchmark's figures.
 #[derive(Debug, Clone, Serialize)]
@@ -57,9 +121,9 @@ pub fn bench(
     let [h, w] = config.default_input;
     let mut times = Vec::with_capacity(runs);
     if train {
-        let device = crate::device::training_device();
+        let device = sknet::device::training_device();
         let mut model =
-            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
+            sknet::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
         let mut sgd = Sgd::new(SgdConfig {
             momentum: 0.9,
             nesterov: false,
@@ -72,7 +136,7 @@ pub fn bench(
                 &device,
             );
             let t = Instant::now();
-            model = crate::layers::on_cpu_pool(|| {
+            model = sknet::ops::on_cpu_pool(|| {
                 let loss = model.forward(x).powf_scalar(2.0).mean();
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 sgd.step(model, grads, 0.01)
@@ -84,10 +148,10 @@ pub fn bench(
             }
         }
     } else {
-        let device = crate::device::default_device();
+        let device = sknet::device::default_device();
         // Inference runs the BN-folded network, as `sknet predict` and `sknet eval` do.
         let model =
-            crate::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0)
+            sknet::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0)
                 .fold_batchnorm();
         let x = Tensor::<4>::random(
             [batch, config.in_channels, h, w],
@@ -113,6 +177,6 @@ pub fn bench(
         median_ms: median * 1e3,
         images_per_s: batch as f64 / median,
         peak_rss_mb: peak_rss_mb(),
-        backend: crate::device::backend_name(),
+        backend: sknet::device::backend_name(),
     }
 }

@@ -6,7 +6,7 @@
 //! reductions walk each channel's planes where they lie (`[batch, channels, pixels]`,
 //! contiguous), in parallel over channels, with `f64` sums.
 //!
-//! As with [`super::train_conv`], the op is a backend extension: the Flex implementation computes
+//! As with [`super::backward`], the op is a backend extension: the Flex implementation computes
 //! the forward pass, the `Autodiff<Flex>` one registers the handwritten backward step.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -20,6 +20,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, ExtensionTyp
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::lane_sum;
 use super::{flex_f32 as flex, output_buffer};
 
 /// The normalized input and the batch statistics it used.
@@ -202,26 +203,6 @@ pub fn train_batch_norm<const D: usize>(
 /// `[batch, channels, pixels]` of a `[batch, channels, ...]` tensor.
 fn split_dims(shape: &[usize]) -> [usize; 3] {
     [shape[0], shape[1], shape[2..].iter().product()]
-}
-
-/// `Σ f(a_i, b_i)` over two equal-length runs, in 16 independent `f32` lanes (which the compiler
-/// vectorizes) summed into an `f64`: a plane holds at most a few thousand values.
-pub(super) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
-    for (ca, cb) in a_chunks.zip(b_chunks) {
-        for i in 0..LANES {
-            acc[i] += f(ca[i], cb[i]);
-        }
-    }
-    let tail: f64 = a_rest
-        .iter()
-        .zip(b_rest)
-        .map(|(&x, &y)| f(x, y) as f64)
-        .sum();
-    acc.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 
 /// Per-channel mean and biased variance of `x` = `[batch, channels, pixels]`, two passes with

@@ -1,6 +1,6 @@
 //! A kxk convolution with output channels in AVX-512 lanes, from weights packed once.
 //!
-//! The direct kernel ([`super::direct_conv`]) puts output positions in vector lanes: a run over
+//! The direct kernel ([`super::direct`]) puts output positions in vector lanes: a run over
 //! the padded input's rows, padding columns included, rounded up to whole vectors. On the small
 //! maps of a network's last stages that wastes a quarter to a half of every FMA (a 7x7 map with
 //! a padded width of 9 or 11 is a run of 61 or 77 for 49 outputs). Here the lanes hold 16 output
@@ -12,7 +12,7 @@
 //! group). Repacking them on every call would cost as much as the conv itself on these layers
 //! (their weights are the network's largest), so [`PackedWeights`] are packed once, by the first
 //! call that uses them after an inference model folds its BatchNorms
-//! ([`super::fold_into_conv`]), and kept beside the conv's own weights.
+//! ([`crate::layers::fold_into_conv`]), and kept beside the conv's own weights.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
@@ -22,7 +22,7 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
-use super::direct_conv::{conv_output, direct_conv2d_flex, Images, PhaseLayout, Plan};
+use super::direct::{conv_output, direct_conv2d_flex, Images, PhaseLayout, Plan};
 
 /// Output channels in one register: the lanes of an AVX-512 vector.
 const LANES: usize = 16;
@@ -50,7 +50,7 @@ impl PackedWeights {
     /// it: CPU inference builds on a CPU with AVX-512, f32 weights of a conv it [`applies`] to.
     /// `None` elsewhere (the conv then runs as before). Nothing is packed yet.
     pub fn of(weight: &Tensor<4>, groups: usize) -> Option<Self> {
-        let usable = super::cpu_training_kernels()
+        let usable = crate::cpu::available()
             && available()
             && !weight.device().is_autodiff()
             && weight.dtype() == DType::F32
@@ -74,7 +74,7 @@ impl PackedWeights {
 }
 
 /// `conv2d(input, weight) + bias`, ReLU'd if `relu`, through the packed kernel when `packed` was
-/// made from `weight` and the input is f32 on Flex; otherwise as [`super::direct_conv::conv2d_direct`].
+/// made from `weight` and the input is f32 on Flex; otherwise as [`super::direct::conv2d_direct`].
 ///
 /// # Shapes
 /// - input: `[batch, in_channels, height, width]`
@@ -472,7 +472,7 @@ pub(crate) fn max_error_against_burn(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layers::{Conv2d, ConvGeometry};
+    use crate::layers::{ConvConfig, ConvGeometry};
     use burn::tensor::module::conv2d;
     use burn::tensor::{Device, Distribution};
 
@@ -592,7 +592,9 @@ mod tests {
                 groups,
                 padding: crate::config::Padding::Symmetric,
             };
-            let conv = Conv2d::new(cin, 64, geometry, true, &device);
+            let conv = ConvConfig::new(cin, 64, geometry)
+                .with_bias(true)
+                .init(&device);
             let want = conv.forward(x.clone());
             let conv = conv.pack_weights();
             let case = format!("in {cin} k{kernel} g{groups} {size}x{size}");

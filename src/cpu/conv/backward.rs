@@ -6,7 +6,7 @@
 //! step of a small SKNet. Here:
 //!
 //! - the input gradient of a stride-1 conv is a conv of the output gradient with the flipped,
-//!   transposed weight, through the direct kernel ([`super::direct_conv`]), except for dense
+//!   transposed weight, through the direct kernel ([`super::direct`]), except for dense
 //!   convs on small maps;
 //! - the weight gradient of a kxk conv whose output channels a group fill whole vector registers
 //!   comes from `layers/weight_grad.rs`, which reads the padded input directly;
@@ -30,7 +30,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::direct_conv::{direct_conv2d_flex, Images};
+use super::direct::{direct_conv2d_flex, Images};
 use super::weight_grad::weight_grad;
 use super::{dims4, flex_f32, gemm_strided};
 
@@ -55,7 +55,7 @@ impl TrainConvOps for Flex {
     }
 }
 
-/// The forward pass: sknet's direct conv (see [`super::direct_conv`]).
+/// The forward pass: sknet's direct conv (see [`super::direct`]).
 fn forward(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
     direct_conv2d_flex(x, weight, None, options, false)
 }
@@ -590,7 +590,7 @@ fn input_grad_direct(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct_conv::{Kernel, FORCED_KERNEL};
+    use super::super::direct::{Kernel, FORCED_KERNEL};
     use super::*;
     use burn::tensor::{Device, Distribution};
 

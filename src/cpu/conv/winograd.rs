@@ -16,13 +16,13 @@
 //! its patch `dilation` apart.
 //!
 //! The transformed weights `U` (16 / 9 the size of the weights) are made once, on the first
-//! call, and kept with the packed kernel's ([`super::packed_conv::PackedWeights`]). The results
+//! call, and kept with the packed kernel's ([`super::packed::PackedWeights`]). The results
 //! differ from a direct conv's by rounding only (the transforms' coefficients are 0, +-1 and
 //! +-1/2).
 
 use rayon::prelude::*;
 
-use super::direct_conv::{Images, Plan};
+use super::direct::{Images, Plan};
 
 /// Transformed values of a tile: a 4x4 patch.
 const XI: usize = 16;
@@ -411,7 +411,7 @@ unsafe fn transform_output(
 
 #[cfg(test)]
 mod tests {
-    use crate::layers::packed_conv::{max_error_against_burn, PackedWeights};
+    use crate::cpu::conv::packed::{max_error_against_burn, PackedWeights};
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Device, Distribution, Tensor};
 

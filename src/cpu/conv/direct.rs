@@ -23,8 +23,8 @@
 //!
 //! It is a Flex backend extension, so it reads burn-flex's buffers in place, a window of a
 //! tensor's channels too (the SK unit's split input: see [`Images`]). It computes forward
-//! passes only: inference (see [`Conv2d::forward`](super::Conv2d::forward)) and the forward half
-//! of CPU training's convs ([`super::train_conv`]). The GPU backends keep burn's convolution.
+//! passes only: inference (see [`Conv2d::forward`](crate::layers::Conv2d::forward)) and the forward half
+//! of CPU training's convs ([`super::backward`]). The GPU backends keep burn's convolution.
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::ops::{ActivationOps, ModuleOps};
@@ -174,7 +174,7 @@ impl DirectConvOps for Flex {
         });
         let Some(plan) = fused else {
             let out = direct_conv2d_flex(x, weight, Some(bias), options, false);
-            return <Flex as super::add_relu::AddReluOps>::add_relu(out, residual);
+            return <Flex as crate::cpu::add_relu::AddReluOps>::add_relu(out, residual);
         };
         let (weight, residual) = (weight.to_contiguous(), residual.to_contiguous());
         // SAFETY: the 1x1 kernel writes every output element.
@@ -201,7 +201,7 @@ impl DirectConvOps for Flex {
 }
 
 /// The direct convolution on Flex tensors: `conv2d(x, weight) + bias`, then a ReLU if `relu` is
-/// set. Also the forward pass of CPU training's convs ([`super::train_conv`]).
+/// set. Also the forward pass of CPU training's convs ([`super::backward`]).
 pub(crate) fn direct_conv2d_flex(
     x: FlexTensor,
     weight: FlexTensor,

@@ -1,7 +1,7 @@
 //! The weight gradient of a kxk convolution on the CPU, computed directly from the padded input.
 //!
 //! For one image and group, with the input zero-padded and split into stride phases as the
-//! forward kernel lays it out ([`super::direct_conv`]), every (input channel, kernel tap) pair
+//! forward kernel lays it out ([`super::direct`]), every (input channel, kernel tap) pair
 //! `e` reads the input at `phases[start(e) + oy * width + ox]` for output position `(oy, ox)`, so
 //!
 //! `dW[o][e] = sum over output positions (oy, ox) of dY[o][oy][ox] * phases[start(e) + oy * width + ox]`.
@@ -13,12 +13,12 @@
 //! lanes. The im2col + GEMM formulation it replaces wrote every patch twice (im2col, then the
 //! GEMM's packing) and ran tiny GEMMs for grouped convs.
 //!
-//! Used by [`super::train_conv`] for kxk convs whose output channels a group fill whole vectors
+//! Used by [`super::backward`] for kxk convs whose output channels a group fill whole vectors
 //! (16 with AVX-512, 8 with AVX2, which AVX-512 CPUs also have); others keep im2col + GEMM.
 
 use rayon::prelude::*;
 
-use super::direct_conv::{Images, Kernel, PhaseLayout, Plan};
+use super::direct::{Images, Kernel, PhaseLayout, Plan};
 
 /// Entries (input channel, tap) whose sums the AVX-512 kernel holds in registers: with two
 /// vectors of output channels, 24 accumulators, two gradient vectors and a broadcast fill 27 of

@@ -6,10 +6,10 @@
 //! once and writes the output once; the backward pass reads the output gradient and both paths
 //! once, writes both path gradients, and sums the attention gradient on the way.
 //!
-//! As with [`super::train_norm`], the op is a backend extension: the Flex implementation computes
+//! As with [`super::batch_norm`], the op is a backend extension: the Flex implementation computes
 //! the forward pass (inference uses it too), the `Autodiff<Flex>` one registers the handwritten
 //! backward step. Other backends keep the tensor ops (see
-//! [`SelectiveKernel`](super::SelectiveKernel)).
+//! [`SelectiveKernel`](crate::layers::SelectiveKernel)).
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -21,7 +21,7 @@ use burn::backend::{backend_extension, Autodiff, Backend, Dispatch, Flex};
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::train_norm::lane_sum;
+use super::lane_sum;
 use super::{dims4, flex_f32 as flex, into_contiguous_f32, output_buffer, unique_f32_mut};
 
 /// The two-path select with a handwritten backward pass on `Autodiff<Flex>`.

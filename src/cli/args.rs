@@ -1,0 +1,151 @@
+//! Arguments shared by several commands: which network, which weights, which input size.
+
+use std::path::PathBuf;
+
+use sknet::config::NetworkConfig;
+use sknet::infer::Preprocess;
+use sknet::model::SkNet;
+use sknet::presets;
+use sknet::weights::checkpoint::{Checkpoint, WeightsError};
+use sknet::weights::{hub, load};
+
+use super::CliError;
+
+/// Which network, at which size.
+#[derive(Debug, clap::Args)]
+pub struct ModelArgs {
+    /// Preset name (see `sknet archs`).
+    #[arg(long, default_value = "keras-seed")]
+    pub arch: String,
+    /// A JSON or TOML config file; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Input size: `S` or `HxW` (default: the architecture's own).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Number of classes (default: the architecture's own).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Which weights, for which network.
+#[derive(Debug, clap::Args)]
+pub struct WeightsArgs {
+    /// Weights: a .safetensors, .pth, .bin or .pt file, or hf:OWNER/NAME (Hugging Face hub,
+    /// e.g. hf:timm/skresnet18.ra_in1k; cached, works offline once cached).
+    #[arg(long)]
+    pub weights: String,
+    /// Preset the weights are for (default: the config stored in the file, else the preset
+    /// whose keys and shapes the file matches).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// A JSON or TOML config for the weights; overrides --arch.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Load what matches and keep the rest freshly initialised (e.g. a new classifier).
+    #[arg(long)]
+    pub allow_partial: bool,
+}
+
+/// A network with weights loaded, and the class names its checkpoint carries.
+pub struct Loaded {
+    /// The network.
+    pub model: SkNet,
+    /// Class names from the checkpoint's metadata.
+    pub classes: Option<Vec<String>>,
+    /// Preprocessing from the checkpoint's metadata (sknet-trained weights).
+    pub preprocess: Option<Preprocess>,
+    /// What matched.
+    pub report: load::LoadReport,
+}
+
+/// Resolves, reads and loads weights.
+pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result<Loaded, CliError> {
+    let path = hub::local_path(&args.weights)?;
+    let ckpt = Checkpoint::read(&path)?;
+    let explicit = args
+        .config
+        .as_deref()
+        .map(NetworkConfig::from_file)
+        .transpose()?;
+    let config = load::resolve_config(&ckpt, args.arch.as_deref(), explicit)?;
+    let classes = load::checkpoint_class_names(&ckpt)?;
+    let preprocess = ckpt
+        .metadata
+        .get(sknet::train::META_PREPROCESS)
+        .map(|json| {
+            serde_json::from_str::<Preprocess>(json).map_err(|e| WeightsError::Metadata {
+                path: ckpt.path.clone(),
+                key: sknet::train::META_PREPROCESS.into(),
+                message: e.to_string(),
+            })
+        })
+        .transpose()?;
+    let model = SkNet::new(&config, device)?;
+    let (model, report) = load::load_into(model, ckpt, args.allow_partial)?;
+    if !report.is_exact() {
+        eprintln!(
+            "warning: --allow-partial: some tensors were not loaded\n{}",
+            report.describe()
+        );
+    }
+    Ok(Loaded {
+        model,
+        classes,
+        preprocess,
+        report,
+    })
+}
+
+/// Parses `224` or `224x160` into `[height, width]`.
+pub fn parse_input_size(text: &str) -> Result<[usize; 2], CliError> {
+    let bad = || CliError::Argument {
+        arg: format!("--input {text}"),
+        message: "expected a size like 224 or 224x160 (height x width), each >= 1".into(),
+    };
+    let parts: Vec<&str> = text.split(['x', 'X']).collect();
+    let nums: Vec<usize> = parts
+        .iter()
+        .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
+        .collect::<Result<_, _>>()?;
+    match nums.as_slice() {
+        [s] if *s > 0 => Ok([*s, *s]),
+        [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
+        _ => Err(bad()),
+    }
+}
+
+impl ModelArgs {
+    /// The config these arguments describe.
+    pub fn network_config(&self) -> Result<NetworkConfig, CliError> {
+        let mut config = match &self.config {
+            Some(path) => NetworkConfig::from_file(path)?,
+            None => presets::by_name(&self.arch)?,
+        };
+        if let Some(classes) = self.classes {
+            config.num_classes = classes;
+        }
+        if let Some(size) = &self.input {
+            config.default_input = parse_input_size(size)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_sizes() {
+        assert_eq!(parse_input_size("224").unwrap(), [224, 224]);
+        assert_eq!(parse_input_size("224x160").unwrap(), [224, 160]);
+        assert!(parse_input_size("0").is_err());
+        assert!(parse_input_size("axb").is_err());
+        assert!(parse_input_size("1x2x3").is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! `sknet predict`: classify images with trained weights.
+
+use std::path::PathBuf;
+
+use sknet::device::default_device;
+use sknet::infer::{self, Preprocess};
+
+use super::args::{load_weights, parse_input_size, WeightsArgs};
+use super::CliError;
+
+/// `sknet predict` arguments.
+#[derive(Debug, clap::Args)]
+pub struct PredictArgs {
+    /// Image files (jpg, png, webp, gif, bmp, tiff).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// The weights.
+    #[command(flatten)]
+    pub weights: WeightsArgs,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// Crop size `S` or `HxW` (default: the network's input size).
+    #[arg(long)]
+    pub input: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The top classes of every image.
+pub fn run(args: PredictArgs) -> Result<String, CliError> {
+    let device = default_device();
+    let loaded = load_weights(&args.weights, &device)?;
+    let model = loaded.model.fold_batchnorm();
+    let size = match &args.input {
+        Some(text) => parse_input_size(text)?,
+        None => model.config.default_input,
+    };
+    model.check_input(&[1, model.config.in_channels, size[0], size[1]])?;
+    let classes = infer::class_names(loaded.classes, model.config.num_classes)?;
+    let pre = match loaded.preprocess {
+        Some(p) if args.input.is_none() => p,
+        Some(p) => Preprocess { size, ..p },
+        None => Preprocess::imagenet(size),
+    };
+    let predictions = infer::predict(&model, &pre, &args.images, &classes, args.topk, &device)?;
+    if args.json {
+        return Ok(
+            serde_json::to_string_pretty(&predictions).expect("predictions serialize") + "\n",
+        );
+    }
+    let mut out = String::new();
+    for p in predictions {
+        out.push_str(&format!("{}\n", p.path));
+        for s in p.top {
+            out.push_str(&format!(
+                "  {:>6.2}%  {:>4}  {}\n",
+                s.probability * 100.0,
+                s.index,
+                s.label
+            ));
+        }
+    }
+    Ok(out)
+}

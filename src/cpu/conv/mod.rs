@@ -1,0 +1,14 @@
+//! Convolutions on the CPU: the direct kernel (every conv of a forward pass, and its fallback),
+//! the AVX-512 1x1, packed and Winograd kernels it hands work to, and the training conv's
+//! backward pass.
+
+pub(crate) mod backward;
+pub(crate) mod direct;
+pub(crate) mod packed;
+mod pointwise;
+mod weight_grad;
+mod winograd;
+
+#[cfg(test)]
+use super::assert_close;
+use super::{dims4, flex_f32, gemm_strided, output_buffer, transpose, SendPtr};
