@@ -3,11 +3,8 @@
 use std::path::PathBuf;
 
 use sknet::config::NetworkConfig;
-use sknet::infer::Preprocess;
-use sknet::model::SkNet;
 use sknet::presets;
-use sknet::weights::checkpoint::{Checkpoint, WeightsError};
-use sknet::weights::{hub, load};
+use sknet::weights::{load_pretrained, LoadOptions, Pretrained};
 
 use super::CliError;
 
@@ -50,54 +47,28 @@ pub struct WeightsArgs {
     pub allow_partial: bool,
 }
 
-/// A network with weights loaded, and the class names its checkpoint carries.
-pub struct Loaded {
-    /// The network.
-    pub model: SkNet,
-    /// Class names from the checkpoint's metadata.
-    pub classes: Option<Vec<String>>,
-    /// Preprocessing from the checkpoint's metadata (sknet-trained weights).
-    pub preprocess: Option<Preprocess>,
-    /// What matched.
-    pub report: load::LoadReport,
-}
-
-/// Resolves, reads and loads weights.
-pub fn load_weights(args: &WeightsArgs, device: &burn::tensor::Device) -> Result<Loaded, CliError> {
-    let path = hub::local_path(&args.weights)?;
-    let ckpt = Checkpoint::read(&path)?;
-    let explicit = args
-        .config
-        .as_deref()
-        .map(NetworkConfig::from_file)
-        .transpose()?;
-    let config = load::resolve_config(&ckpt, args.arch.as_deref(), explicit)?;
-    let classes = load::checkpoint_class_names(&ckpt)?;
-    let preprocess = ckpt
-        .metadata
-        .get(sknet::train::META_PREPROCESS)
-        .map(|json| {
-            serde_json::from_str::<Preprocess>(json).map_err(|e| WeightsError::Metadata {
-                path: ckpt.path.clone(),
-                key: sknet::train::META_PREPROCESS.into(),
-                message: e.to_string(),
-            })
-        })
-        .transpose()?;
-    let model = SkNet::new(&config, device)?;
-    let (model, report) = load::load_into(model, ckpt, args.allow_partial)?;
-    if !report.is_exact() {
+/// Resolves, reads and loads weights; warns on stderr when some were not loaded.
+pub fn load_weights(
+    args: &WeightsArgs,
+    device: &burn::tensor::Device,
+) -> Result<Pretrained, CliError> {
+    let options = LoadOptions {
+        arch: args.arch.clone(),
+        config: args
+            .config
+            .as_deref()
+            .map(NetworkConfig::from_file)
+            .transpose()?,
+        allow_partial: args.allow_partial,
+    };
+    let loaded = load_pretrained(&args.weights, &options, device)?;
+    if !loaded.report.is_exact() {
         eprintln!(
             "warning: --allow-partial: some tensors were not loaded\n{}",
-            report.describe()
+            loaded.report.describe()
         );
     }
-    Ok(Loaded {
-        model,
-        classes,
-        preprocess,
-        report,
-    })
+    Ok(loaded)
 }
 
 /// Parses `224` or `224x160` into `[height, width]`.

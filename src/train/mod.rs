@@ -35,10 +35,7 @@ use crate::weights::load::{self, load_into};
 use optim::{Sgd, SgdConfig};
 use schedule::LrSchedule;
 
-/// Metadata key of the training state in `checkpoint.safetensors`.
-pub const META_STATE: &str = "sknet.train_state";
-/// Metadata key of the preprocessing settings.
-pub const META_PREPROCESS: &str = "sknet.preprocess";
+pub use crate::weights::metadata::{META_PREPROCESS, META_STATE};
 
 /// Training errors.
 #[derive(Debug, Error)]

@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use burn::module::{ModuleMapper, Param};
+use burn::module::Param;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::SkNet;
 use crate::ops::SgdUpdate;
-use crate::weights::paths::{PathTracker, TensorRole};
+use crate::weights::paths::{map_keyed, KeyedMapper, TensorRole};
 
 /// Hyper-parameters.
 #[derive(Debug, Clone, Copy)]
@@ -31,22 +31,19 @@ pub struct Sgd {
 }
 
 struct Step<'a> {
-    tracker: PathTracker,
     grads: GradientsParams,
     config: SgdConfig,
     lr: f64,
     buffers: &'a mut HashMap<String, Tensor<1>>,
 }
 
-impl ModuleMapper for Step<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.tracker.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.tracker.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (path, role) = self.tracker.current();
+impl KeyedMapper for Step<'_> {
+    fn map<const D: usize>(
+        &mut self,
+        path: String,
+        role: TensorRole,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
         if !role.trainable() {
             return param;
         }
@@ -94,13 +91,12 @@ impl Sgd {
     /// One step at learning rate `lr`.
     pub fn step(&mut self, model: SkNet, grads: GradientsParams, lr: f64) -> SkNet {
         let mut step = Step {
-            tracker: PathTracker::default(),
             grads,
             config: self.config,
             lr,
             buffers: &mut self.buffers,
         };
-        burn::module::Module::map(model, &mut step)
+        map_keyed(model, &mut step)
     }
 
     /// Buffers as plain data, for checkpoints.

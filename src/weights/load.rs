@@ -11,10 +11,7 @@ use crate::config::NetworkConfig;
 use crate::model::SkNet;
 use crate::presets;
 
-/// Metadata key holding the network config as JSON.
-pub const META_CONFIG: &str = "sknet.config";
-/// Metadata key holding the class names as a JSON array.
-pub const META_CLASSES: &str = "sknet.classes";
+pub use super::metadata::{META_CLASSES, META_CONFIG};
 
 /// How a checkpoint's keys compare with a network's.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -177,14 +174,7 @@ pub fn resolve_config(
         }
         return Ok(config);
     }
-    if let Some(json) = ckpt.metadata.get(META_CONFIG) {
-        let config: NetworkConfig =
-            serde_json::from_str(json).map_err(|e| WeightsError::Metadata {
-                path: ckpt.path.clone(),
-                key: META_CONFIG.into(),
-                message: e.to_string(),
-            })?;
-        config.validate()?;
+    if let Some(config) = super::metadata::config(ckpt)? {
         return Ok(config);
     }
     let name = infer_preset(ckpt).ok_or_else(|| WeightsError::UnknownArchitecture {
@@ -197,16 +187,57 @@ pub fn resolve_config(
 
 /// Class names stored in a checkpoint's metadata.
 pub fn checkpoint_class_names(ckpt: &Checkpoint) -> Result<Option<Vec<String>>, WeightsError> {
-    ckpt.metadata
-        .get(META_CLASSES)
-        .map(|json| {
-            serde_json::from_str(json).map_err(|e| WeightsError::Metadata {
-                path: ckpt.path.clone(),
-                key: META_CLASSES.into(),
-                message: format!("expected a JSON array of strings: {e}"),
-            })
-        })
-        .transpose()
+    super::metadata::class_names(ckpt)
+}
+
+/// Which network to build for a weights file, and how strictly to load it.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// A preset name; the file's class count is kept.
+    pub arch: Option<String>,
+    /// A config; wins over `arch`.
+    pub config: Option<NetworkConfig>,
+    /// Load what matches and keep the rest as initialised (a new classifier, say) instead of
+    /// failing on any missing, unexpected or mis-shaped key.
+    pub allow_partial: bool,
+}
+
+/// A network with weights loaded, and what its file says about them.
+pub struct Pretrained {
+    /// The network.
+    pub model: SkNet,
+    /// Class names from the file's metadata.
+    pub classes: Option<Vec<String>>,
+    /// Preprocessing from the file's metadata (sknet-trained weights).
+    pub preprocess: Option<crate::infer::Preprocess>,
+    /// What matched.
+    pub report: LoadReport,
+}
+
+/// Reads a weights file (a path, or `hf:OWNER/NAME[/FILE]` through the Hugging Face hub cache),
+/// builds the network it is for (see [`resolve_config`]) and loads it.
+///
+/// # Errors
+/// A file that cannot be read, metadata that does not parse, a network that cannot be built, and
+/// (unless `allow_partial`) any key that does not fit.
+pub fn load_pretrained(
+    spec: &str,
+    options: &LoadOptions,
+    device: &Device,
+) -> Result<Pretrained, WeightsError> {
+    let path = super::hub::local_path(spec)?;
+    let ckpt = Checkpoint::read(&path)?;
+    let config = resolve_config(&ckpt, options.arch.as_deref(), options.config.clone())?;
+    let classes = super::metadata::class_names(&ckpt)?;
+    let preprocess = super::metadata::preprocess(&ckpt)?;
+    let model = SkNet::new(&config, device)?;
+    let (model, report) = load_into(model, ckpt, options.allow_partial)?;
+    Ok(Pretrained {
+        model,
+        classes,
+        preprocess,
+        report,
+    })
 }
 
 /// The network's tensors as a PyTorch state dict: timm's keys, plus a zero

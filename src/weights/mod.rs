@@ -6,12 +6,13 @@ pub mod checkpoint;
 pub mod deterministic;
 pub mod hub;
 pub mod load;
+pub mod metadata;
 pub mod paths;
 pub mod seeded;
 
 pub use checkpoint::{Checkpoint, RawTensor, WeightsError};
 pub use deterministic::deterministic_init;
-pub use load::{load_into, LoadReport};
+pub use load::{load_into, load_pretrained, LoadOptions, LoadReport, Pretrained};
 pub use paths::{
     flat_tensors, named_tensors, replace_tensors, FlatTensor, NamedTensor, TensorRole, TensorSource,
 };

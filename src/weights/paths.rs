@@ -51,11 +51,10 @@ pub struct NamedTensor {
     pub role: TensorRole,
 }
 
-/// Tracks the dotted path while burn walks the module tree. Enum variants (such as
+/// Tracks the dotted key while burn walks the module tree. Enum variants (such as
 /// [`crate::blocks::Block`]'s) are transparent: they do not appear in paths.
-/// Tracks the dotted key while a visitor or mapper walks a module.
 #[derive(Default)]
-pub struct PathTracker {
+struct PathTracker {
     segments: Vec<String>,
     pushed: Vec<bool>,
     owners: Vec<String>,
@@ -63,7 +62,7 @@ pub struct PathTracker {
 
 impl PathTracker {
     /// Call from `enter_module`.
-    pub fn enter(&mut self, name: &str, container_type: &str) {
+    fn enter(&mut self, name: &str, container_type: &str) {
         let keep = !container_type.starts_with("Enum:");
         if keep {
             self.segments.push(name.to_string());
@@ -73,7 +72,7 @@ impl PathTracker {
     }
 
     /// Call from `exit_module`.
-    pub fn exit(&mut self) {
+    fn exit(&mut self) {
         if self.pushed.pop() == Some(true) {
             self.segments.pop();
         }
@@ -81,20 +80,37 @@ impl PathTracker {
     }
 
     /// Key and role of the tensor being visited.
-    pub fn current(&self) -> (String, TensorRole) {
+    fn current(&self) -> (String, TensorRole) {
         let leaf = self.segments.last().map(String::as_str).unwrap_or("");
         let owner = self.owners.last().map(String::as_str).unwrap_or("");
         (self.segments.join("."), TensorRole::classify(owner, leaf))
     }
 }
 
-/// Lists keys and shapes without touching values (parameters stay lazily uninitialised).
-struct Lister {
-    tracker: PathTracker,
-    out: Vec<NamedTensor>,
+/// Reads every float tensor of a module (parameters and BN running statistics) with its key.
+pub trait KeyedVisitor {
+    /// Called for each tensor, in visiting order.
+    fn visit<const D: usize>(&mut self, key: String, role: TensorRole, param: &Param<Tensor<D>>);
 }
 
-impl ModuleVisitor for Lister {
+/// Rewrites every float tensor of a module with its key in hand.
+pub trait KeyedMapper {
+    /// Called for each tensor, in visiting order; returns its replacement.
+    fn map<const D: usize>(
+        &mut self,
+        key: String,
+        role: TensorRole,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>>;
+}
+
+/// burn's visitor and mapper, with the key tracked for the keyed ones.
+struct Keyed<'a, T> {
+    tracker: PathTracker,
+    inner: &'a mut T,
+}
+
+impl<T: KeyedVisitor> ModuleVisitor for Keyed<'_, T> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.tracker.enter(name, container_type);
     }
@@ -102,7 +118,47 @@ impl ModuleVisitor for Lister {
         self.tracker.exit();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (path, role) = self.tracker.current();
+        let (key, role) = self.tracker.current();
+        self.inner.visit(key, role, param);
+    }
+}
+
+impl<T: KeyedMapper> ModuleMapper for Keyed<'_, T> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.tracker.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.tracker.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (key, role) = self.tracker.current();
+        self.inner.map(key, role, param)
+    }
+}
+
+/// Walks `module`'s float tensors with their checkpoint keys.
+pub fn visit_keyed<M: Module, V: KeyedVisitor>(module: &M, visitor: &mut V) {
+    module.visit(&mut Keyed {
+        tracker: PathTracker::default(),
+        inner: visitor,
+    });
+}
+
+/// Maps `module`'s float tensors with their checkpoint keys.
+pub fn map_keyed<M: Module, T: KeyedMapper>(module: M, mapper: &mut T) -> M {
+    module.map(&mut Keyed {
+        tracker: PathTracker::default(),
+        inner: mapper,
+    })
+}
+
+/// Lists keys and shapes without touching values (parameters stay lazily uninitialised).
+struct Lister {
+    out: Vec<NamedTensor>,
+}
+
+impl KeyedVisitor for Lister {
+    fn visit<const D: usize>(&mut self, path: String, role: TensorRole, param: &Param<Tensor<D>>) {
         self.out.push(NamedTensor {
             path,
             shape: param.shape().dims::<D>().to_vec(),
@@ -114,11 +170,8 @@ impl ModuleVisitor for Lister {
 /// Every float tensor of `module` (parameters and BN running statistics), in visiting order.
 /// Cheap: reads shapes only.
 pub fn named_tensors<M: Module>(module: &M) -> Vec<NamedTensor> {
-    let mut lister = Lister {
-        tracker: PathTracker::default(),
-        out: Vec::new(),
-    };
-    module.visit(&mut lister);
+    let mut lister = Lister { out: Vec::new() };
+    visit_keyed(module, &mut lister);
     lister.out
 }
 
@@ -130,19 +183,16 @@ pub trait TensorSource {
 }
 
 struct Replacer<'a, S: TensorSource> {
-    tracker: PathTracker,
     source: &'a mut S,
 }
 
-impl<S: TensorSource> ModuleMapper for Replacer<'_, S> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.tracker.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.tracker.exit();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (path, role) = self.tracker.current();
+impl<S: TensorSource> KeyedMapper for Replacer<'_, S> {
+    fn map<const D: usize>(
+        &mut self,
+        path: String,
+        role: TensorRole,
+        param: Param<Tensor<D>>,
+    ) -> Param<Tensor<D>> {
         let shape = param.shape().dims::<D>().to_vec();
         let named = NamedTensor { path, shape, role };
         match self.source.values(&named) {
@@ -164,11 +214,7 @@ impl<S: TensorSource> ModuleMapper for Replacer<'_, S> {
 
 /// Replaces tensors of `module` with values from `source`.
 pub fn replace_tensors<M: Module, S: TensorSource>(module: M, source: &mut S) -> M {
-    let mut replacer = Replacer {
-        tracker: PathTracker::default(),
-        source,
-    };
-    module.map(&mut replacer)
+    map_keyed(module, &mut Replacer { source })
 }
 
 /// A named tensor's current value and, when gradients are given, its gradient, both flattened.
@@ -182,20 +228,12 @@ pub struct FlatTensor {
 }
 
 struct Collector<'a> {
-    tracker: PathTracker,
     grads: Option<&'a Gradients>,
     out: Vec<FlatTensor>,
 }
 
-impl ModuleVisitor for Collector<'_> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.tracker.enter(name, container_type);
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.tracker.exit();
-    }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (path, role) = self.tracker.current();
+impl KeyedVisitor for Collector<'_> {
+    fn visit<const D: usize>(&mut self, path: String, role: TensorRole, param: &Param<Tensor<D>>) {
         let value = param.val();
         let shape = value.dims().to_vec();
         let n = shape.iter().product::<usize>();
@@ -214,10 +252,9 @@ impl ModuleVisitor for Collector<'_> {
 /// Every float tensor of `module` with its value and, given `grads`, its gradient.
 pub fn flat_tensors<M: Module>(module: &M, grads: Option<&Gradients>) -> Vec<FlatTensor> {
     let mut collector = Collector {
-        tracker: PathTracker::default(),
         grads,
         out: Vec::new(),
     };
-    module.visit(&mut collector);
+    visit_keyed(module, &mut collector);
     collector.out
 }
