@@ -1,7 +1,7 @@
 //! The fused tensor operations the layers are made of.
 //!
 //! Each op computes one step of the network the way burn's tensor ops would, and picks one of
-//! sknet's CPU kernels ([`crate::cpu`]) where it applies: f32 tensors on the Flex backend, the
+//! sknet's CPU kernels (`src/cpu`) where it applies: f32 tensors on the Flex backend, the
 //! forward kernels without autodiff, the training kernels (with their own backward passes) with
 //! it. Elsewhere (the GPU backends, other dtypes) it falls back to burn's ops, so every op gives
 //! the same result on every backend. This is the only module that knows the kernels exist.

@@ -118,6 +118,18 @@ fn format_err(path: &Path, message: impl Into<String>) -> WeightsError {
     }
 }
 
+/// Whether a file of `len` bytes starting with `head` is laid out as safetensors: a
+/// little-endian u64 header length that fits the file, then the header's JSON object. The first
+/// byte of that length can be anything, `0x80` (a pickle's first byte) and `P` included, so the
+/// PyTorch formats are recognised only where this does not hold.
+fn is_safetensors_start(head: &[u8], len: u64) -> bool {
+    let Some((size, rest)) = head.split_first_chunk::<8>() else {
+        return false;
+    };
+    let header = u64::from_le_bytes(*size);
+    header.checked_add(8).is_some_and(|end| end <= len) && rest.first() == Some(&b'{')
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> WeightsError {
     WeightsError::Io {
         path: path.display().to_string(),
@@ -185,13 +197,27 @@ impl Checkpoint {
                 ),
             ));
         }
-        let mut head = [0u8; 4];
+        if !meta.is_file() {
+            // A FIFO or a device would block or never end.
+            return Err(format_err(path, "not a regular file"));
+        }
+        let mut head = [0u8; 9];
         let n = {
             use std::io::Read;
-            let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-            f.read(&mut head).map_err(|e| io_err(path, e))?
+            let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+            let mut taken = f.take(head.len() as u64);
+            let mut n = 0;
+            loop {
+                match taken.read(&mut head[n..]).map_err(|e| io_err(path, e))? {
+                    0 => break n,
+                    k => n += k,
+                }
+            }
         };
-        let mut ckpt = if n >= 2 && (&head[..2] == b"PK" || head[0] == 0x80) {
+        let head = &head[..n];
+        let pytorch = !is_safetensors_start(head, meta.len())
+            && (head.starts_with(b"PK") || head.first() == Some(&0x80));
+        let mut ckpt = if pytorch {
             Self::read_pytorch(path)?
         } else {
             Self::read_safetensors(path)?
@@ -370,6 +396,39 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), WeightsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A safetensors file whose header length begins with a pickle's or a zip's first byte is
+    /// still read as safetensors.
+    #[test]
+    fn safetensors_with_any_header_length() {
+        let dir = std::env::temp_dir().join(format!("sknet-sniff-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("w.safetensors");
+        let mut found = Vec::new();
+        for pad in 0..600 {
+            let tensors = vec![("w".to_string(), OutTensor::F32(vec![2], vec![1.0, 2.0]))];
+            let meta = BTreeMap::from([("pad".to_string(), "x".repeat(pad))]);
+            write_safetensors(&path, tensors, meta).unwrap();
+            let first = std::fs::read(&path).unwrap()[0];
+            if first != 0x80 && first != b'P' {
+                continue;
+            }
+            let ckpt = Checkpoint::read(&path).unwrap_or_else(|e| panic!("pad {pad}: {e}"));
+            assert_eq!(ckpt.tensors["w"].data, vec![1.0, 2.0]);
+            found.push(first);
+        }
+        assert!(found.contains(&0x80) && found.contains(&b'P'), "{found:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn special_files_are_refused() {
+        let err = Checkpoint::read(Path::new("/dev/zero"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
 
     #[test]
     fn half_precision_values() {
