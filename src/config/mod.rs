@@ -59,6 +59,42 @@ fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> ConfigErr
     }
 }
 
+/// Largest config file read: a config is a few hundred bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// The text of a config file: a regular file of at most [`MAX_CONFIG_BYTES`], in UTF-8.
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let shown = path.display().to_string();
+    let io = |source| ConfigError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(ConfigError::Parse {
+            path: shown,
+            message: "not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::Parse {
+            path: shown,
+            message: format!(
+                "{} bytes is more than the {MAX_CONFIG_BYTES} bytes a config file may have",
+                meta.len()
+            ),
+        });
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(io)?;
+    Ok(text)
+}
+
 /// Parses JSON; errors name the field path (`sk.groups: invalid type ...`).
 fn parse_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut de = serde_json::Deserializer::from_str(text);
@@ -151,10 +187,7 @@ impl NetworkConfig {
     /// JSON then TOML), then validates it.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: shown.clone(),
-            source,
-        })?;
+        let text = read_config_text(path)?;
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -315,6 +348,38 @@ impl NetworkConfig {
 mod tests {
     use super::*;
     use crate::presets;
+
+    /// An unknown field anywhere, in a tagged enum too, is an error that names it.
+    #[test]
+    fn unknown_fields_are_named() {
+        let dir = std::env::temp_dir().join(format!("sknet-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = presets::by_name("sknet-tiny").unwrap().to_json();
+        let cases = [
+            (
+                "\"stem\": {",
+                "\"stem\": {\"bogus_stem\": 1, ",
+                "bogus_stem",
+            ),
+            (
+                "\"attn_width\": {",
+                "\"attn_width\": {\"bogus_rule\": 1, ",
+                "bogus_rule",
+            ),
+            ("\"name\"", "\"bogus_top\": 1, \"name\"", "bogus_top"),
+        ];
+        for (i, (anchor, replaced, field)) in cases.into_iter().enumerate() {
+            assert!(good.contains(anchor), "{anchor}");
+            let path = dir.join(format!("c{i}.json"));
+            std::fs::write(&path, good.replacen(anchor, replaced, 1)).unwrap();
+            let err = NetworkConfig::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(field), "{err}");
+        }
+        let path = dir.join("ok.json");
+        std::fs::write(&path, &good).unwrap();
+        assert!(NetworkConfig::from_file(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn make_divisible_matches_timm() {

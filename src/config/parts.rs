@@ -15,7 +15,7 @@ pub enum Padding {
 
 /// The stem: what comes before the first stage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StemConfig {
     /// ResNet stem: 7x7/2 conv (no bias), BN, ReLU, 3x3/2 max-pool. Stride 4.
     Imagenet {

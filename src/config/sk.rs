@@ -6,7 +6,7 @@ use super::{invalid, ConfigError};
 
 /// How the width `d` of the attention vector z is chosen from the unit's width C.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "rule", rename_all = "snake_case")]
+#[serde(tag = "rule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AttnWidth {
     /// The paper: `d = max(C / r, L)` (integer division).
     Paper {
