@@ -18,11 +18,51 @@ fn keep_freed_memory() {
     }
 }
 
+/// Exit status of an internal error (a panic): `EX_SOFTWARE` of sysexits.h.
+const EXIT_INTERNAL: i32 = 70;
+
+/// Turns any panic into one line naming the command, and exit status 70, instead of a
+/// backtrace: a panic is sknet's bug, never the user's input.
+fn report_panics_as_internal_errors() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let command: Vec<String> = std::env::args().collect();
+        eprintln!(
+            "internal error: {message}{location} (running `{}`); please report it",
+            command.join(" ")
+        );
+        std::process::exit(EXIT_INTERNAL);
+    }));
+}
+
+/// Prints a command's output; a reader that went away (`sknet archs | head -1`) is not an error.
+fn print_output(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("error: cannot write the output: {e}");
+            std::process::exit(2);
+        }
+        _ => {}
+    }
+}
+
 fn main() {
     keep_freed_memory();
+    report_panics_as_internal_errors();
     let cli = Cli::parse();
     match run(cli) {
-        Ok(text) => print!("{text}"),
+        Ok(text) => print_output(&text),
         Err(e) => {
             eprintln!("error: {e}");
             if let Some(hint) = e.hint() {
