@@ -27,6 +27,15 @@ impl HubSpec {
     pub fn parse(spec: &str) -> Option<Result<Self, WeightsError>> {
         let rest = spec.strip_prefix("hf:")?;
         let parts: Vec<&str> = rest.split('/').collect();
+        if let Some(bad) = parts.iter().find(|p| !is_plain_segment(p)) {
+            return Some(Err(WeightsError::Hub {
+                spec: spec.into(),
+                message: format!(
+                    "`{bad}` is not a plain name: each part of a hub spec is letters, digits, \
+                     `-`, `_` and `.`, and neither `.` nor `..` (which would leave the cache)"
+                ),
+            }));
+        }
         Some(match parts.as_slice() {
             [owner, name] if !owner.is_empty() && !name.is_empty() => Ok(Self {
                 repo: format!("{owner}/{name}"),
@@ -48,6 +57,16 @@ impl HubSpec {
             }),
         })
     }
+}
+
+/// A repository, owner or file-path segment the hub accepts, which cannot name a folder above it.
+fn is_plain_segment(segment: &str) -> bool {
+    !segment.is_empty()
+        && segment != "."
+        && segment != ".."
+        && segment
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn cache() -> Cache {
@@ -126,5 +145,23 @@ mod tests {
         assert_eq!(s.file, "pytorch_model.bin");
         assert!(HubSpec::parse("hf:timm").unwrap().is_err());
         assert!(HubSpec::parse("hf:/x").unwrap().is_err());
+    }
+
+    /// Specs that would read outside the hub cache are refused before any path is built.
+    #[test]
+    fn specs_stay_inside_the_cache() {
+        for bad in [
+            "hf:timm/../../etc/passwd",
+            "hf:../x/model.safetensors",
+            "hf:timm/x/../../../secret",
+            "hf:timm/x/./model.safetensors",
+            "hf:timm/x\\..\\y",
+            "hf:timm//x",
+        ] {
+            let err = HubSpec::parse(bad).unwrap().unwrap_err().to_string();
+            assert!(err.contains("not a plain name"), "{bad}: {err}");
+        }
+        let ok = HubSpec::parse("hf:timm/x/sub/model.v2.safetensors");
+        assert_eq!(ok.unwrap().unwrap().file, "sub/model.v2.safetensors");
     }
 }
