@@ -13,6 +13,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::cpu;
 pub use crate::cpu::conv::packed::PackedWeights;
+pub use crate::cpu::sgd::SgdUpdate;
 
 /// What follows an op, applied as the op stores its output where a kernel can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -253,19 +254,6 @@ pub fn max_pool2d(x: Tensor<4>, options: MaxPoolOptions<2>, out: Option<[usize; 
         return cpu::max_pool::max_pool2d_direct(x, window);
     }
     burn::tensor::module::max_pool2d(x, options)
-}
-
-/// One parameter's SGD update settings, as `torch.optim.SGD` computes it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SgdUpdate {
-    /// Learning rate.
-    pub lr: f64,
-    /// Momentum (0 for none).
-    pub momentum: f64,
-    /// Nesterov momentum.
-    pub nesterov: bool,
-    /// L2 weight decay on this parameter (0 for none).
-    pub weight_decay: f64,
 }
 
 /// `torch.optim.SGD`'s update of one parameter: `d = g + decay * p`; with momentum,

@@ -3,7 +3,18 @@
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::ops::SgdUpdate;
+/// One parameter's SGD update settings, as `torch.optim.SGD` computes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SgdUpdate {
+    /// Learning rate.
+    pub lr: f64,
+    /// Momentum (0 for none).
+    pub momentum: f64,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay on this parameter (0 for none).
+    pub weight_decay: f64,
+}
 
 /// [`crate::ops::sgd_update`] on host buffers. Both tensors are f32 (checked by the caller).
 pub(crate) fn sgd_update<const D: usize>(
