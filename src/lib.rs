@@ -53,6 +53,7 @@ mod cpu;
 pub mod data;
 pub mod device;
 pub mod eval;
+mod files;
 pub mod infer;
 pub mod layers;
 pub mod model;

@@ -64,35 +64,21 @@ pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// The text of a config file: a regular file of at most [`MAX_CONFIG_BYTES`], in UTF-8.
 fn read_config_text(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read;
     let shown = path.display().to_string();
-    let io = |source| ConfigError::Io {
-        path: shown.clone(),
-        source,
-    };
-    let meta = std::fs::metadata(path).map_err(io)?;
-    if !meta.is_file() {
-        return Err(ConfigError::Parse {
-            path: shown,
-            message: "not a regular file".into(),
-        });
-    }
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(ConfigError::Parse {
-            path: shown,
-            message: format!(
-                "{} bytes is more than the {MAX_CONFIG_BYTES} bytes a config file may have",
-                meta.len()
-            ),
-        });
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)
-        .map_err(io)?
-        .take(MAX_CONFIG_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
-    Ok(text)
+    let bytes = crate::files::read_bounded(path, MAX_CONFIG_BYTES).map_err(|e| match e {
+        crate::files::FileProblem::Io(source) => ConfigError::Io {
+            path: shown.clone(),
+            source,
+        },
+        other => ConfigError::Parse {
+            path: shown.clone(),
+            message: other.to_string(),
+        },
+    })?;
+    String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+        path: shown,
+        message: format!("not UTF-8 text: {e}"),
+    })
 }
 
 /// Parses JSON; errors name the field path (`sk.groups: invalid type ...`).

@@ -77,13 +77,22 @@ impl Dataset {
     }
 
     fn open_image_folder(root: &Path) -> Result<Self, DataError> {
-        let mut classes: Vec<String> = std::fs::read_dir(root)
-            .map_err(|e| invalid(root, e.to_string()))?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.path().is_dir())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| !n.starts_with('.'))
-            .collect();
+        let mut classes = Vec::new();
+        for path in entries(root)? {
+            if !path.is_dir() {
+                continue;
+            }
+            let name = path.file_name().unwrap_or_default();
+            let Some(name) = name.to_str() else {
+                return Err(invalid(
+                    &path,
+                    "a class folder's name must be UTF-8 text (it becomes a class name)",
+                ));
+            };
+            if !name.starts_with('.') {
+                classes.push(name.to_string());
+            }
+        }
         classes.sort();
         if classes.is_empty() {
             return Err(invalid(
@@ -94,16 +103,20 @@ impl Dataset {
         let mut items = Vec::new();
         for (label, class) in classes.iter().enumerate() {
             let dir = root.join(class);
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|e| invalid(&dir, e.to_string()))?
-                .filter_map(|e| e.ok())
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.extension().and_then(|x| x.to_str()).is_some_and(|x| {
-                        IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str())
-                    })
-                })
-                .collect();
+            let mut files: Vec<PathBuf> = Vec::new();
+            for path in entries(&dir)? {
+                let is_image = path
+                    .extension()
+                    .and_then(|x| x.to_str())
+                    .is_some_and(|x| IMAGE_EXTENSIONS.contains(&x.to_ascii_lowercase().as_str()));
+                if !is_image {
+                    continue;
+                }
+                // Only regular files: a FIFO would block a loader thread for good.
+                crate::files::regular_file_len(&path, u64::MAX)
+                    .map_err(|e| invalid(&path, e.to_string()))?;
+                files.push(path);
+            }
             if files.is_empty() {
                 return Err(invalid(
                     &dir,
@@ -171,6 +184,8 @@ impl Dataset {
         let mut items = Vec::new();
         let mut files = Vec::new();
         for (fi, path) in bins.iter().enumerate() {
+            crate::files::regular_file_len(path, u64::MAX)
+                .map_err(|e| invalid(path, e.to_string()))?;
             let file = File::open(path).map_err(|e| invalid(path, e.to_string()))?;
             let len = file
                 .metadata()
@@ -285,6 +300,18 @@ impl Dataset {
     }
 }
 
+/// The entries of folder `dir`; one that cannot be examined (a symlink loop, a dangling link) is
+/// an error naming it, not a silent gap in the dataset.
+fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| invalid(dir, e.to_string()))? {
+        let path = entry.map_err(|e| invalid(dir, e.to_string()))?.path();
+        std::fs::metadata(&path).map_err(|e| invalid(&path, e.to_string()))?;
+        out.push(path);
+    }
+    Ok(out)
+}
+
 fn cifar_files(root: &Path) -> Vec<PathBuf> {
     let mut bins: Vec<PathBuf> = std::fs::read_dir(root)
         .map(|rd| {
@@ -304,4 +331,66 @@ fn cifar_files(root: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     bins.sort();
     bins
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::ffi::OsStrExt;
+
+    /// A folder with one class of one real image, and `extra` applied to it.
+    fn dataset_with(name: &str, extra: impl FnOnce(&Path)) -> Result<Dataset, DataError> {
+        let root = std::env::temp_dir().join(format!("sknet-data-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("cat")).unwrap();
+        image::RgbImage::new(4, 4)
+            .save(root.join("cat").join("a.png"))
+            .unwrap();
+        extra(&root);
+        let opened = Dataset::open(&root);
+        std::fs::remove_dir_all(&root).unwrap();
+        opened
+    }
+
+    #[test]
+    fn plain_folder_opens() {
+        let data = dataset_with("plain", |_| {}).unwrap();
+        assert_eq!((data.classes.len(), data.len()), (1, 1));
+    }
+
+    #[test]
+    fn special_and_looping_files_are_named() {
+        let err = dataset_with("fifo", |root| {
+            let fifo = root.join("cat").join("b.jpg");
+            assert!(std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success());
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("b.jpg") && err.contains("not a regular file"),
+            "{err}"
+        );
+        let err = dataset_with("loop", |root| {
+            let link = root.join("cat").join("c.jpg");
+            std::os::unix::fs::symlink(&link, &link).unwrap();
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("c.jpg"), "{err}");
+    }
+
+    #[test]
+    fn non_utf8_class_folder_is_named() {
+        let err = dataset_with("utf8", |root| {
+            let name = std::ffi::OsStr::from_bytes(b"dog\xff");
+            std::fs::create_dir_all(root.join(name)).unwrap();
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must be UTF-8"), "{err}");
+    }
 }

@@ -135,6 +135,9 @@ pub fn load_image(path: &Path) -> Result<Rgb8, InferError> {
         path: shown.clone(),
         message,
     };
+    // Compressed images are far smaller than their decoded pixels: a file larger than the decoded
+    // limit is no image sknet would decode.
+    crate::files::regular_file_len(path, MAX_DECODED_BYTES).map_err(|e| bad(e.to_string()))?;
     let mut reader = image::ImageReader::open(path)
         .map_err(|e| bad(e.to_string()))?
         .with_guessed_format()

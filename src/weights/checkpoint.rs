@@ -130,6 +130,13 @@ fn is_safetensors_start(head: &[u8], len: u64) -> bool {
     header.checked_add(8).is_some_and(|end| end <= len) && rest.first() == Some(&b'{')
 }
 
+fn file_err(path: &Path, problem: crate::files::FileProblem) -> WeightsError {
+    match problem {
+        crate::files::FileProblem::Io(source) => io_err(path, source),
+        other => format_err(path, other.to_string()),
+    }
+}
+
 fn io_err(path: &Path, source: std::io::Error) -> WeightsError {
     WeightsError::Io {
         path: path.display().to_string(),
@@ -186,21 +193,8 @@ fn half_to_f32(h: u16) -> f32 {
 impl Checkpoint {
     /// Reads a checkpoint, telling the format from the file's first bytes.
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
-        let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
-        if meta.len() > MAX_CHECKPOINT_BYTES {
-            return Err(format_err(
-                path,
-                format!(
-                    "{} bytes is more than the {} bytes a checkpoint may have",
-                    meta.len(),
-                    MAX_CHECKPOINT_BYTES
-                ),
-            ));
-        }
-        if !meta.is_file() {
-            // A FIFO or a device would block or never end.
-            return Err(format_err(path, "not a regular file"));
-        }
+        let len = crate::files::regular_file_len(path, MAX_CHECKPOINT_BYTES)
+            .map_err(|e| file_err(path, e))?;
         let mut head = [0u8; 9];
         let n = {
             use std::io::Read;
@@ -215,7 +209,7 @@ impl Checkpoint {
             }
         };
         let head = &head[..n];
-        let pytorch = !is_safetensors_start(head, meta.len())
+        let pytorch = !is_safetensors_start(head, len)
             && (head.starts_with(b"PK") || head.first() == Some(&0x80));
         let mut ckpt = if pytorch {
             Self::read_pytorch(path)?
@@ -230,7 +224,8 @@ impl Checkpoint {
     }
 
     fn read_safetensors(path: &Path) -> Result<Self, WeightsError> {
-        let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+        let bytes = crate::files::read_bounded(path, MAX_CHECKPOINT_BYTES)
+            .map_err(|e| file_err(path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             format_err(
                 path,
