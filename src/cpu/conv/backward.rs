@@ -30,7 +30,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
-use super::direct::{direct_conv2d_flex, Images};
+use super::direct::direct_conv2d_flex;
+use super::plan::Images;
 use super::weight_grad::weight_grad;
 use super::{dims4, flex_f32, gemm_strided};
 
@@ -590,7 +591,7 @@ fn input_grad_direct(
 
 #[cfg(test)]
 mod tests {
-    use super::super::direct::{Kernel, FORCED_KERNEL};
+    use super::super::isa::{Kernel, FORCED_KERNEL};
     use super::*;
     use burn::tensor::{Device, Distribution};
 

@@ -3,8 +3,11 @@
 //! backward pass.
 
 pub(crate) mod backward;
+mod dense_gemm;
 pub(crate) mod direct;
+mod isa;
 pub(crate) mod packed;
+mod plan;
 mod pointwise;
 mod weight_grad;
 mod winograd;

@@ -22,7 +22,8 @@ use burn::tensor::{DType, Tensor};
 use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
-use super::direct::{conv_output, direct_conv2d_flex, Images, PhaseLayout, Plan};
+use super::direct::direct_conv2d_flex;
+use super::plan::{conv_output, Images, PhaseLayout, Plan};
 
 /// Output channels in one register: the lanes of an AVX-512 vector.
 const LANES: usize = 16;

@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Images, Kernel, PhaseLayout, Plan};
+use super::isa::Kernel;
+use super::plan::{Images, PhaseLayout, Plan};
 
 /// Entries (input channel, tap) whose sums the AVX-512 kernel holds in registers: with two
 /// vectors of output channels, 24 accumulators, two gradient vectors and a broadcast fill 27 of

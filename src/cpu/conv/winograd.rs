@@ -22,7 +22,7 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Images, Plan};
+use super::plan::{Images, Plan};
 
 /// Transformed values of a tile: a 4x4 patch.
 const XI: usize = 16;
