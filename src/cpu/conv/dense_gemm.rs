@@ -87,6 +87,38 @@ pub(super) fn run_tapwise_gemm(
         });
 }
 
+/// A strided dense 1x1 conv (the projection shortcut): the 1x1 conv of the input subsampled to
+/// every `stride`-th row and column.
+pub(super) fn run_strided_pointwise(
+    plan: &Plan,
+    x: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let plane = plan.out_h * plan.out_w;
+    // SAFETY: each channel's plane is written from every stride-th row and column.
+    let mut subsampled = unsafe { super::output_buffer(x.len() / (plan.in_h * plan.in_w) * plane) };
+    subsampled
+        .par_chunks_mut(plane)
+        .zip(x.par_chunks(plan.in_h * plan.in_w))
+        .for_each(|(dst, channel)| {
+            let rows = channel.chunks(plan.in_w).step_by(plan.stride);
+            let values = rows.flat_map(|row| row.iter().step_by(plan.stride));
+            for (d, &v) in dst.iter_mut().zip(values) {
+                *d = v;
+            }
+        });
+    let plan = Plan {
+        in_h: plan.out_h,
+        in_w: plan.out_w,
+        stride: 1,
+        ..*plan
+    };
+    run_pointwise(&plan, &subsampled, w, bias, relu, out)
+}
+
 /// A dense 1x1 conv: per image, `out = w · x` with `x` as `[in_channels, positions]`, as it is.
 /// With AVX-512, [`super::pointwise`] computes it with the bias and ReLU. Otherwise it is a GEMM
 /// straight into the output, then the bias (and the ReLU) added in one pass: no zeroed

@@ -38,7 +38,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, Tensor, TensorData};
 use rayon::prelude::*;
 
-use super::dense_gemm::{run_pointwise, run_tapwise_gemm};
+use super::dense_gemm::{run_pointwise, run_strided_pointwise, run_tapwise_gemm};
 use super::isa::{accumulate, block_vectors, Kernel, BLOCK_CHANNELS, CHUNK};
 use super::plan::{conv_output, Images, PhaseLayout, Plan, SLACK};
 
@@ -212,7 +212,7 @@ pub fn conv2d_direct_add_relu(
     ))
 }
 
-/// Per-thread buffers of [`run`].
+/// Per-thread buffers of [`run_per_group`].
 #[derive(Default)]
 struct Scratch {
     phases: Vec<f32>,
@@ -220,26 +220,26 @@ struct Scratch {
 }
 
 /// Input channels up to which a dense (one-group) conv goes through the AVX2 blocked kernel
-/// rather than one GEMM per tap: the ResNet stem (3 channels, 7x7) took 3x less time there. Dense
-/// 3x3 convs with 32 to 256 channels on maps of 14x14 and more took 1.1 to 1.6x less time as GEMMs
-/// than in burn-flex, and less than in the AVX2 kernel (`examples/grouped_conv.rs`, and per layer
-/// in skresnet18). The AVX-512 kernel beat the GEMMs on all of skresnet18's dense convs, at batch 1
-/// (1.1 to 2x) and 8 (up to 1.3x), and takes them all.
+/// rather than one GEMM per tap: the ResNet stem (3 channels, 7x7) runs much faster there, while
+/// dense 3x3 convs of 32 to 256 channels on maps of 14x14 and more run faster as GEMMs than in
+/// burn-flex or the AVX2 kernel (`examples/grouped_conv.rs`, and per layer in skresnet18). The
+/// AVX-512 kernel beat the GEMMs on all of skresnet18's dense convs, at batch 1 and 8, and takes
+/// them all. (Figures in BENCHMARKS.md.)
 const DENSE_BLOCKED_MAX_CHANNELS: usize = 4;
 /// Output positions a channel up to which dense convs go through the blocked kernel anyway: on 7x7
 /// maps the GEMMs have little to work on per pass over the weights, which are large there (256 to
-/// 512 channels) and are read once per tap; the blocked kernel reads them once. In skresnet18 at
-/// batch 1, 1.4x less time than per-tap GEMMs (AVX2).
+/// 512 channels) and are read once per tap; the blocked kernel reads them once, and was the faster
+/// on skresnet18's 7x7 maps (AVX2, batch 1).
 const DENSE_BLOCKED_MAX_PLANE: usize = 64;
 
 /// Tasks the work is cut into at least, per thread, so that threads finish together.
 pub(super) const TASKS_PER_THREAD: usize = 4;
 
-/// One task per (image, group) when there are enough of them: the group's input is padded (and
-/// phase-split) into a small per-thread buffer that stays in cache while all of the group's output
-/// channels are computed from it, so the input makes one trip through memory. With few groups
-/// (dense convs, small batches), each group's output channels are split over several tasks, which
-/// read one shared copy of the padded input.
+/// The direct conv's paths: a dense 1x1 conv without padding is a product of the input as it
+/// lies ([`run_pointwise`]; a strided one of the subsampled input, [`run_strided_pointwise`]);
+/// without AVX-512, a dense conv of more than a few input channels on a map larger than 8x8 is
+/// one GEMM per kernel tap ([`run_tapwise_gemm`]); every other conv goes group by group through
+/// the blocked or portable kernel ([`run_per_group`]).
 fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &mut [f32]) {
     let plane = plan.out_h * plan.out_w;
     if out.is_empty() {
@@ -251,27 +251,7 @@ fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &m
         if plan.stride == 1 {
             return run_pointwise(plan, x, w, bias, relu, out);
         }
-        // A strided 1x1 conv (the projection shortcut) is a 1x1 conv of the subsampled input.
-        // SAFETY: each channel's plane is written from every stride-th row and column.
-        let mut subsampled =
-            unsafe { super::output_buffer(x.len() / (plan.in_h * plan.in_w) * plane) };
-        subsampled
-            .par_chunks_mut(plane)
-            .zip(x.par_chunks(plan.in_h * plan.in_w))
-            .for_each(|(dst, channel)| {
-                let rows = channel.chunks(plan.in_w).step_by(plan.stride);
-                let values = rows.flat_map(|row| row.iter().step_by(plan.stride));
-                for (d, &v) in dst.iter_mut().zip(values) {
-                    *d = v;
-                }
-            });
-        let plan = Plan {
-            in_h: plan.out_h,
-            in_w: plan.out_w,
-            stride: 1,
-            ..*plan
-        };
-        return run_pointwise(&plan, &subsampled, w, bias, relu, out);
+        return run_strided_pointwise(plan, x, w, bias, relu, out);
     }
     let kernel = Kernel::for_plan(plan);
     if dense
@@ -281,6 +261,24 @@ fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &m
     {
         return run_tapwise_gemm(plan, &images.compact(), w, bias, relu, out);
     }
+    run_per_group(plan, kernel, images, w, bias, relu, out)
+}
+
+/// One task per (image, group) when there are enough of them: the group's input is padded (and
+/// phase-split) into a small per-thread buffer that stays in cache while all of the group's output
+/// channels are computed from it, so the input makes one trip through memory. With few groups
+/// (dense convs, small batches), each group's output channels are split over several tasks, which
+/// read one shared copy of the padded input.
+fn run_per_group(
+    plan: &Plan,
+    kernel: Kernel,
+    images: Images,
+    w: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
+    let plane = plan.out_h * plan.out_w;
     let layout = PhaseLayout::new(plan);
     let starts = layout.tap_starts(plan);
     let epilogue = Epilogue {
@@ -292,27 +290,9 @@ fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &m
     let group_input = plan.group_in * plan.in_h * plan.in_w;
     let taps = starts.len();
     let blocked = kernel != Kernel::Portable;
-    // Output channels of a task: the group's, or a part of them in whole kernel blocks.
-    let unit = if blocked { BLOCK_CHANNELS } else { 1 };
-    let units = plan.group_out / unit;
-    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
-    let parts = (1..=units)
-        .filter(|&p| units.is_multiple_of(p))
-        .find(|p| plan.batch * groups * p >= wanted)
-        .unwrap_or(units);
+    let parts = task_parts(plan, groups, blocked);
     let task_channels = plan.group_out / parts;
-    let shared = (parts > 1).then(|| {
-        let mut phases = vec![0f32; plan.batch * groups * plan.group_in * layout.channel + SLACK];
-        phases
-            .par_chunks_mut(plan.group_in * layout.channel)
-            .take(plan.batch * groups)
-            .enumerate()
-            .for_each(|(index, dst)| {
-                let src = images.part(index / groups, index % groups, group_input);
-                layout.fill_into(plan, src, dst)
-            });
-        phases
-    });
+    let shared = (parts > 1).then(|| shared_phases(plan, &layout, images, groups));
     out.par_chunks_mut(task_channels * plane)
         .enumerate()
         .for_each_init(Scratch::default, |scratch, (index, out_task)| {
@@ -360,6 +340,36 @@ fn run(plan: &Plan, images: Images, w: &[f32], bias: &[f32], relu: bool, out: &m
         });
 }
 
+/// Tasks each (image, group)'s output channels are split into: the fewest that split them into
+/// whole kernel blocks and make at least [`TASKS_PER_THREAD`] tasks a thread over the batch's
+/// groups; one task a block where even that is too few.
+fn task_parts(plan: &Plan, groups: usize, blocked: bool) -> usize {
+    // Output channels of a task: the group's, or a part of them in whole kernel blocks.
+    let unit = if blocked { BLOCK_CHANNELS } else { 1 };
+    let units = plan.group_out / unit;
+    let wanted = TASKS_PER_THREAD * rayon::current_num_threads();
+    (1..=units)
+        .filter(|&p| units.is_multiple_of(p))
+        .find(|p| plan.batch * groups * p >= wanted)
+        .unwrap_or(units)
+}
+
+/// The padded, phase-split input of every (image, group), one after another with [`SLACK`] after
+/// the last, for the tasks that split a group's output channels to read.
+fn shared_phases(plan: &Plan, layout: &PhaseLayout, images: Images, groups: usize) -> Vec<f32> {
+    let group_input = plan.group_in * plan.in_h * plan.in_w;
+    let mut phases = vec![0f32; plan.batch * groups * plan.group_in * layout.channel + SLACK];
+    phases
+        .par_chunks_mut(plan.group_in * layout.channel)
+        .take(plan.batch * groups)
+        .enumerate()
+        .for_each(|(index, dst)| {
+            let src = images.part(index / groups, index % groups, group_input);
+            layout.fill_into(plan, src, dst)
+        });
+    phases
+}
+
 /// What happens to a computed run on its way to the output.
 pub(super) struct Epilogue<'a> {
     pub(super) plan: &'a Plan,
@@ -381,11 +391,12 @@ impl Epilogue<'_> {
     }
 
     /// [`Self::store`] with AVX-512 vectors, a row's last one masked: the rows of small maps are
-    /// too short for the compiler's vector loops (a 14x14 map's rows went all scalar), and the
-    /// stores took a fifth as long as the grouped convs' FMAs.
+    /// too short for the compiler's vector loops (a 14x14 map's rows went all scalar), which made
+    /// the stores a sizeable cost next to the grouped convs' FMAs.
     ///
     /// # Safety
-    /// AVX-512F.
+    /// The CPU supports AVX-512F (the caller checks with [`super::pointwise::available`]). The
+    /// slices' bounds are asserted here.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn store_avx512(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
