@@ -5,6 +5,7 @@
 pub(crate) mod backward;
 mod dense_gemm;
 pub(crate) mod direct;
+mod im2col_backward;
 mod isa;
 pub(crate) mod packed;
 mod plan;
