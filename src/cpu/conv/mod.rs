@@ -8,6 +8,7 @@ pub(crate) mod direct;
 mod im2col_backward;
 mod isa;
 pub(crate) mod packed;
+mod packed_kernel;
 mod plan;
 mod pointwise;
 mod weight_grad;
