@@ -31,7 +31,8 @@ pub(super) fn accumulate(data: &[f32], starts: &[usize], weights: &[f32], acc: &
 /// many FMAs.
 pub(super) const BLOCK_CHANNELS: usize = 4;
 
-/// The kernels for the direct conv's per-group path ([`super::direct`]).
+/// The instruction set of the direct conv's per-group kernels ([`super::direct`]), which the
+/// weight-gradient kernel ([`super::weight_grad`]) and the 1x1 path go by too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Kernel {
     /// One output channel at a time, in whatever the compiler makes of it.
@@ -39,8 +40,7 @@ pub(super) enum Kernel {
     /// [`BLOCK_CHANNELS`] output channels at a time in AVX2 registers.
     Avx2,
     /// The same in AVX-512 registers: half the instructions and loads of [`Kernel::Avx2`] for the
-    /// same FMAs. On the 2-core AMD machine of BENCHMARKS.md, 1.5 to 2x less time for
-    /// skresnext50's grouped convs and the stem than the AVX2 kernel.
+    /// same FMAs, and the faster of the two on skresnext50's grouped convs and the stem.
     Avx512,
 }
 
@@ -150,7 +150,8 @@ macro_rules! blocked_kernel {
         $(#[$doc])*
         ///
         /// # Safety
-        #[doc = concat!("The CPU must have ", $features, ". (Sizes are checked.)")]
+        #[doc = concat!("The CPU supports ", $features, " (found by [`Kernel::best`]).")]
+        /// The sizes are asserted here.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name<const VECTORS: usize>(

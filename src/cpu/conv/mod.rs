@@ -1,6 +1,7 @@
 //! Convolutions on the CPU: the direct kernel (every conv of a forward pass, and its fallback),
 //! the AVX-512 1x1, packed and Winograd kernels it hands work to, and the training conv's
-//! backward pass.
+//! backward pass. [`plan`] holds the geometry and padded input they share, [`isa`] the choice of
+//! instruction set.
 
 pub(crate) mod backward;
 mod dense_gemm;
