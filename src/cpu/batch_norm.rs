@@ -6,8 +6,8 @@
 //! reductions walk each channel's planes where they lie (`[batch, channels, pixels]`,
 //! contiguous), in parallel over channels, with `f64` sums.
 //!
-//! As with [`super::backward`], the op is a backend extension: the Flex implementation computes
-//! the forward pass, the `Autodiff<Flex>` one registers the handwritten backward step.
+//! As with [`super::conv::backward`], the op is a backend extension: the Flex implementation
+//! computes the forward pass, the `Autodiff<Flex>` one registers the handwritten backward step.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;

@@ -4,8 +4,11 @@
 /// An output buffer that parallel tasks share, each writing its own disjoint part of it.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub(crate) *mut f32);
-// SAFETY: the tasks that share it write disjoint elements, and the buffer outlives them.
+// SAFETY: a `SendPtr` sent to another thread points into a buffer that outlives the tasks it is
+// sent to, each of which writes only its own disjoint elements.
 unsafe impl Send for SendPtr {}
+// SAFETY: the tasks that share a `SendPtr` only read the pointer itself; through it, each writes
+// only its own disjoint elements of the buffer, which outlives them.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -87,9 +90,9 @@ pub(crate) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) 
 }
 
 /// A buffer of `len` floats for an op that writes every one of them before any is read, without
-/// `vec![0.0; len]`'s zero fill: that was a memset pass over each output of the training kernels
-/// (2 to 3% of a sknet-tiny step). Test builds fill it with NaN instead, so that an element left
-/// unwritten fails the comparisons with the reference ops.
+/// `vec![0.0; len]`'s zero fill: that was a memset pass over each output of the training kernels,
+/// a measurable part of a sknet-tiny step. Test builds fill it with NaN instead, so that an
+/// element left unwritten fails the comparisons with the reference ops.
 ///
 /// # Safety
 /// The caller writes every element before reading any.
@@ -129,28 +132,6 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
         .map(|(&x, &y)| f(x, y) as f64)
         .sum();
     acc.iter().map(|&v| v as f64).sum::<f64>() + tail
-}
-
-#[cfg(test)]
-mod tests {
-    /// Every block and edge case lands where an element-by-element transposition puts it.
-    #[test]
-    fn transpose_matches_elementwise() {
-        for (rows, cols) in [(8, 8), (32, 1024), (24, 49), (13, 7), (1, 9), (16, 3)] {
-            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
-            let mut dst = vec![f32::NAN; rows * cols];
-            super::transpose(&src, rows, cols, &mut dst);
-            for r in 0..rows {
-                for c in 0..cols {
-                    assert_eq!(
-                        dst[c * rows + r],
-                        src[r * cols + c],
-                        "{rows}x{cols} at ({r}, {c})"
-                    );
-                }
-            }
-        }
-    }
 }
 
 /// Asserts that two float tensors have the same length and differ by less than `tolerance`
@@ -221,5 +202,27 @@ pub(crate) fn gemm_strided(
             false,
             parallelism,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every block and edge case lands where an element-by-element transposition puts it.
+    #[test]
+    fn transpose_matches_elementwise() {
+        for (rows, cols) in [(8, 8), (32, 1024), (24, 49), (13, 7), (1, 9), (16, 3)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let mut dst = vec![f32::NAN; rows * cols];
+            super::transpose(&src, rows, cols, &mut dst);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(
+                        dst[c * rows + r],
+                        src[r * cols + c],
+                        "{rows}x{cols} at ({r}, {c})"
+                    );
+                }
+            }
+        }
     }
 }

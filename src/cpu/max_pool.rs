@@ -1,7 +1,7 @@
 //! Max pooling for CPU inference (the ImageNet stems' 3x3 stride-2 pool).
 //!
 //! burn-flex's max pool computes every output with index arithmetic and a NaN test per element;
-//! on skresnet18 it took about a tenth of a forward pass. Here each output row is the maximum of
+//! on skresnet18 it was a sizeable part of a forward pass. Here each output row is the maximum of
 //! `kernel` input rows (a contiguous, vectorized pass), then of `kernel` columns of that row.
 //! Windows are clipped to the input, which is how PyTorch treats padding (as minus infinity) and
 //! windows that hang over the end in ceil mode. A NaN in a window makes that output NaN, as in

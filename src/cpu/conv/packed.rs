@@ -1,17 +1,12 @@
-//! A kxk convolution with output channels in AVX-512 lanes, from weights packed once.
+//! Convs from weights prepared once, for CPU inference: [`PackedWeights`] and the op that uses
+//! them, which picks the Winograd kernel ([`super::winograd`]) where it applies, the packed
+//! kernel ([`super::packed_kernel`]) where it beats the direct one, and the direct kernel
+//! otherwise.
 //!
-//! The direct kernel ([`super::direct`]) puts output positions in vector lanes: a run over
-//! the padded input's rows, padding columns included, rounded up to whole vectors. On the small
-//! maps of a network's last stages that wastes a quarter to a half of every FMA (a 7x7 map with
-//! a padded width of 9 or 11 is a run of 61 or 77 for 49 outputs). Here the lanes hold 16 output
-//! channels instead, so no lane is wasted whatever the map: a register block of up to `VECTORS`
-//! x 16 output channels by `ROWS` rows of up to `POSITIONS` positions, 28 accumulators, takes
-//! per (input channel, tap) `VECTORS` weight loads and `ROWS * POSITIONS` broadcast inputs.
-//!
-//! The weights must then be read as `[out / 32][in / groups * k * k][32]` (blocks never cross a
-//! group). Repacking them on every call would cost as much as the conv itself on these layers
-//! (their weights are the network's largest), so [`PackedWeights`] are packed once, by the first
-//! call that uses them after an inference model folds its BatchNorms
+//! The packed kernel reads the weights as `[out / 32][in / groups * k * k][32]`, the Winograd one
+//! their transform. Making either on every call would cost as much as the conv itself on these
+//! layers (their weights are the network's largest), so [`PackedWeights`] are made once, by the
+//! first call that uses them after an inference model folds its BatchNorms
 //! ([`crate::layers::fold_into_conv`]), and kept beside the conv's own weights.
 
 use burn::backend::flex::FlexTensor;
@@ -19,19 +14,11 @@ use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor};
-use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
-use super::direct::{conv_output, direct_conv2d_flex, Images, PhaseLayout, Plan};
-
-/// Output channels in one register: the lanes of an AVX-512 vector.
-const LANES: usize = 16;
-/// Registers of output channels in one block (32 channels).
-const VECTORS: usize = 2;
-/// Output rows in one block.
-const ROWS: usize = 2;
-/// Consecutive positions of each output row in one block.
-const POSITIONS: usize = 7;
+use super::direct::direct_conv2d_flex;
+use super::packed_kernel::{pack, run_packed, LANES};
+use super::plan::{conv_output, PhaseLayout, Plan};
 
 /// A conv's weights as the packed kernel reads them, packed on the first call that uses them,
 /// with the weight tensor they come from: they are used only while the conv's weights are still
@@ -47,7 +34,8 @@ pub struct PackedWeights {
 
 impl PackedWeights {
     /// Packed weights for `weight` (`[out, in / groups, k, k]`) where the packed kernel may run
-    /// it: CPU inference builds on a CPU with AVX-512, f32 weights of a conv it [`applies`] to.
+    /// it: CPU inference builds on a CPU with AVX-512, f32 weights of a conv it computes (a square
+    /// kernel larger than 1x1, whole vectors of 16 output channels in each group).
     /// `None` elsewhere (the conv then runs as before). Nothing is packed yet.
     pub fn of(weight: &Tensor<4>, groups: usize) -> Option<Self> {
         let usable = crate::cpu::available()
@@ -177,12 +165,11 @@ thread_local! {
 /// columns too (5% more outputs or worse: maps of 28x28 and less), and there are enough input
 /// taps (576: 64 channels of 3x3) for the transposition of each block's output to cost little;
 /// or half as many taps where the padding is a fifth of the outputs or more (7x7 maps).
-/// On skresnet18 at batch 1, the packed kernel took 0.75 to 0.95 of the direct kernel's time on
-/// convs of 28x28, 14x14 and 7x7 maps; on 56x56 maps and the stem (3 channels) it took more.
-/// skresnext50's grouped convs of 7x7 maps (32 channels a group, 288 taps) at batch 8 took 0.92
-/// (3x3) and 0.70 (dilated) of the direct kernel's time; the stride-2 ones onto 7x7 maps 1.1 to
-/// 1.2 where 12% of the direct kernel's outputs are padding (the dilated one, with 24%, about
-/// even); those of 16 channels a group on 14x14 maps 1.2.
+/// Timed per conv (figures in BENCHMARKS.md), the packed kernel was the faster on skresnet18's
+/// convs of 28x28, 14x14 and 7x7 maps and on skresnext50's grouped convs of 7x7 maps (32 channels
+/// a group, 288 taps), the slower on 56x56 maps, the stem (3 channels), the stride-2 grouped convs
+/// onto 7x7 maps, where 12% of the direct kernel's outputs are padding, and the grouped convs of
+/// 16 channels a group on 14x14 maps.
 /// (1x1 convs on 7x7 maps, where the 1x1 kernel computes 64 positions for 49, ran no faster
 /// packed: they are not packed.)
 fn worth_it(plan: &Plan) -> bool {
@@ -220,219 +207,6 @@ pub(crate) fn applies(weight_shape: [usize; 4], groups: usize) -> bool {
     let [out, _, kh, kw] = weight_shape;
     let group_out = out.checked_div(groups).unwrap_or(0);
     kh == kw && kh > 1 && group_out > 0 && group_out.is_multiple_of(LANES)
-}
-
-/// `[out, in / groups, k, k]` weights regrouped for the kernel: blocks of up to `VECTORS *
-/// LANES` output channels of one group, each `[in / groups * k * k][block channels]`, in output
-/// channel order.
-pub(crate) fn pack(weight: &[f32], [out_channels, groups]: [usize; 2]) -> Vec<f32> {
-    let taps = weight.len() / out_channels;
-    let group_out = out_channels / groups;
-    let mut packed = Vec::with_capacity(weight.len());
-    for group in 0..groups {
-        let end = (group + 1) * group_out;
-        for first in (group * group_out..end).step_by(VECTORS * LANES) {
-            let width = (end - first).min(VECTORS * LANES);
-            for t in 0..taps {
-                packed.extend((first..first + width).map(|o| weight[o * taps + t]));
-            }
-        }
-    }
-    packed
-}
-
-/// The conv of `plan` (square kernel, output channels of each group a multiple of 16) from
-/// `packed` weights ([`pack`]): `out = conv(images) + bias`, ReLU'd if `relu`, every element
-/// written.
-///
-/// # Panics
-/// If [`available`] is false or the sizes do not match the plan.
-pub(super) fn run_packed(
-    plan: &Plan,
-    images: Images,
-    packed: &[f32],
-    bias: &[f32],
-    relu: bool,
-    out: &mut [f32],
-) {
-    assert!(available(), "the packed conv needs AVX-512");
-    assert!(plan.group_out.is_multiple_of(LANES));
-    let taps = plan.group_in * plan.kernel * plan.kernel;
-    assert_eq!(packed.len(), plan.out_channels * taps);
-    assert_eq!(bias.len(), plan.out_channels);
-    let plane = plan.out_h * plan.out_w;
-    assert_eq!(out.len(), plan.batch * plan.out_channels * plane);
-    let layout = PhaseLayout::new(plan);
-    // One group's taps; the groups' phases follow one another.
-    let starts = layout.tap_starts(plan);
-    let group_phases = plan.group_in * layout.channel;
-    let all_channels = Plan {
-        group_in: plan.in_channels,
-        ..*plan
-    };
-    let image_len = plan.in_channels * plan.in_h * plan.in_w;
-    // Blocks of output channels, none across groups: (first channel, channels).
-    let blocks: Vec<[usize; 2]> = (0..plan.out_channels)
-        .step_by(plan.group_out)
-        .flat_map(|group_first| {
-            (0..plan.group_out)
-                .step_by(VECTORS * LANES)
-                .map(move |o| [group_first + o, (plan.group_out - o).min(VECTORS * LANES)])
-        })
-        .collect();
-    let bands = plan.out_h.div_ceil(ROWS);
-    let mut phases = Vec::new();
-    for (n, out_image) in out.chunks_mut(plan.out_channels * plane).enumerate() {
-        layout.fill(&all_channels, images.part(n, 0, image_len), &mut phases);
-        let out_ptr = super::SendPtr(out_image.as_mut_ptr());
-        let phases = &phases;
-        (0..blocks.len() * bands).into_par_iter().for_each(|task| {
-            let ([first, width], y) = (blocks[task / bands], task % bands * ROWS);
-            let rows = (plan.out_h - y).min(ROWS);
-            let group = first / plan.group_out;
-            let data = &phases[group * group_phases + y * layout.width..];
-            // SAFETY: `available` checked AVX-512; the task writes output rows `y..y + rows`
-            // of channels `first..first + width` of this image, which no other task writes.
-            unsafe {
-                row_task(
-                    plan,
-                    [rows, layout.width],
-                    &starts,
-                    data,
-                    &packed[first * taps..][..width * taps],
-                    &bias[first..first + width],
-                    relu,
-                    out_ptr.get().add(first * plane + y * plan.out_w),
-                )
-            }
-        });
-    }
-}
-
-/// Up to [`ROWS`] output rows of one block of output channels, [`POSITIONS`] positions at a
-/// time.
-///
-/// # Safety
-/// AVX-512F; `out` points to the block's first channel at the row's first position, in the
-/// image's output (channels `plane` apart), and no one else writes those elements meanwhile.
-#[allow(clippy::too_many_arguments)]
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_task(
-    plan: &Plan,
-    [rows, pitch]: [usize; 2],
-    starts: &[usize],
-    data: &[f32],
-    weights: &[f32],
-    bias: &[f32],
-    relu: bool,
-    out: *mut f32,
-) {
-    let plane = plan.out_h * plan.out_w;
-    let vectors = bias.len() / LANES;
-    let last = starts.iter().max().copied().unwrap_or(0) + (rows - 1) * pitch + plan.out_w;
-    assert!(last <= data.len() && weights.len() == starts.len() * bias.len());
-    let mut block = [[0f32; VECTORS * LANES]; ROWS * POSITIONS];
-    let mut x = 0;
-    while x < plan.out_w {
-        let p = (plan.out_w - x).min(POSITIONS);
-        let args = (
-            starts,
-            data.as_ptr().add(x),
-            pitch,
-            weights.as_ptr(),
-            &mut block,
-        );
-        macro_rules! by_positions {
-            ($v:literal, $r:literal) => {
-                match p {
-                    1 => tile::<$v, $r, 1>(args),
-                    2 => tile::<$v, $r, 2>(args),
-                    3 => tile::<$v, $r, 3>(args),
-                    4 => tile::<$v, $r, 4>(args),
-                    5 => tile::<$v, $r, 5>(args),
-                    6 => tile::<$v, $r, 6>(args),
-                    _ => tile::<$v, $r, 7>(args),
-                }
-            };
-        }
-        match (vectors, rows) {
-            (1, 1) => by_positions!(1, 1),
-            (1, _) => by_positions!(1, 2),
-            (_, 1) => by_positions!(2, 1),
-            (_, _) => by_positions!(2, 2),
-        }
-        // The block holds positions by channels; the output is channels by positions.
-        for (c, &shift) in bias.iter().enumerate() {
-            for r in 0..rows {
-                let dst = out.add(c * plane + r * plan.out_w + x);
-                for (i, sums) in block[r * POSITIONS..][..p].iter().enumerate() {
-                    let v = sums[c] + shift;
-                    *dst.add(i) = if relu { v.max(0.0) } else { v };
-                }
-            }
-        }
-        x += p;
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_task(
-    _: &Plan,
-    _: [usize; 2],
-    _: &[usize],
-    _: &[f32],
-    _: &[f32],
-    _: &[f32],
-    _: bool,
-    _: *mut f32,
-) {
-    unreachable!("the packed conv is x86-64 only, and chosen only there")
-}
-
-/// `block[i][c] = sum over t of weights[t][c] * data[starts[t] + i]` for `V * 16` channels and `P`
-/// positions, in registers over all taps.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-#[allow(clippy::needless_range_loop)] // indices pair registers across arrays
-unsafe fn tile<const V: usize, const R: usize, const P: usize>(
-    (starts, data, pitch, weights, block): (
-        &[usize],
-        *const f32,
-        usize,
-        *const f32,
-        &mut [[f32; VECTORS * LANES]; ROWS * POSITIONS],
-    ),
-) {
-    use std::arch::x86_64::*;
-    let mut acc = [[[_mm512_setzero_ps(); V]; P]; R];
-    let mut wp = weights;
-    for &start in starts {
-        let mut w = [_mm512_setzero_ps(); V];
-        for v in 0..V {
-            w[v] = _mm512_loadu_ps(wp.add(LANES * v));
-        }
-        for r in 0..R {
-            let d = data.add(start + r * pitch);
-            for i in 0..P {
-                let x = _mm512_set1_ps(*d.add(i));
-                for v in 0..V {
-                    acc[r][i][v] = _mm512_fmadd_ps(w[v], x, acc[r][i][v]);
-                }
-            }
-        }
-        wp = wp.add(LANES * V);
-    }
-    for r in 0..R {
-        for i in 0..P {
-            for v in 0..V {
-                let dst = block[r * POSITIONS + i].as_mut_ptr().add(LANES * v);
-                _mm512_storeu_ps(dst, acc[r][i][v]);
-            }
-        }
-    }
 }
 
 /// The largest difference between [`conv2d_packed`] and burn's `conv2d` (ReLU'd if `relu`) on

@@ -7,9 +7,9 @@
 //! as they are (one broadcast per output channel and input channel), and keeps all its sums in
 //! registers over every input channel: 24 accumulators, 4 loads and 6 broadcasts per 24 FMAs.
 //! Partial blocks (the last rows, the last positions) use smaller blocks and masked loads and
-//! stores. On skresnext50's 1x1 convs at batch 1 this runs at 160 to 220 GFLOP/s on two
-//! cores, against 80 to 170 for the packing GEMM it replaces (`examples/pointwise_conv.rs`);
-//! the gain is largest on the 7x7 and 14x14 maps of the last stages, where packing dominated.
+//! stores. It beats the packing GEMM it replaces on all of skresnext50's 1x1 convs
+//! (`examples/pointwise_conv.rs`, figures in BENCHMARKS.md), by most on the 7x7 and 14x14 maps of
+//! the last stages, where packing dominated.
 //!
 //! Work is cut into tasks of (image, band of [`BAND`] positions, band of output channels): a
 //! task's input columns stay in L2 while its output channels go by.
@@ -19,7 +19,7 @@ use rayon::prelude::*;
 /// Output channels in one register block.
 const ROWS: usize = 6;
 /// Vectors of 16 positions in one register block: 64 positions, which also covers a 7x7 map
-/// whole (6 x 2 and 12 x 2 blocks ran 7x7 maps at 125 instead of 165 GFLOP/s).
+/// whole (blocks of 6 x 2 and 12 x 2 vectors ran 7x7 maps slower).
 const VECTORS: usize = 4;
 /// Positions of one task at most (a multiple of 16): its input is `in_channels` times this.
 const BAND: usize = 256;
@@ -148,8 +148,9 @@ pub(super) fn pointwise_with(
 /// The output channels `rows` at `positions` of one image.
 ///
 /// # Safety
-/// AVX-512F; `out` points to the image's `[m][plane]` output, whose (rows, positions) rectangle
-/// no one else touches meanwhile.
+/// The CPU supports AVX-512F (checked by [`pointwise_with`] through [`available`]); `out` points
+/// to the image's `[m][plane]` output, whose (rows, positions) rectangle no one else touches
+/// meanwhile. `x` and `w` are `[k][plane]` and `[m][k]`, `finish`'s slices `[m]` and like `out`.
 #[allow(clippy::too_many_arguments)]
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
@@ -194,6 +195,10 @@ unsafe fn band_task(
     }
 }
 
+/// The stand-in for the x86-64 kernel on other targets, where the pointwise kernel is never chosen.
+///
+/// # Safety
+/// Never to be called: it panics.
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn band_task(
@@ -225,6 +230,9 @@ struct Tile {
 }
 
 /// [`tile`] for `rows` (at most [`ROWS`]) and `vectors` (at most [`VECTORS`]).
+///
+/// # Safety
+/// As [`tile`]'s, with `R = rows`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_any(rows: usize, vectors: usize, t: Tile) {
@@ -250,6 +258,12 @@ unsafe fn tile_any(rows: usize, vectors: usize, t: Tile) {
 
 /// `R` output channels by `t.n` positions (`V` vectors, the last one masked), over all `t.k`
 /// input channels, in registers; then bias, ReLU and a masked store.
+///
+/// # Safety
+/// The CPU supports AVX-512F; `t.x` is readable for `t.n` positions of each of `t.k` rows
+/// `t.x_stride` apart, `t.w` for `R` rows of `t.k` weights one after another, `t.bias` for `R`
+/// values; `t.out` (and `t.residual` unless null) for `t.n` positions of each of `R` rows
+/// `t.out_stride` apart, outputs that no one else touches meanwhile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]

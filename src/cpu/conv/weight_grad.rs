@@ -18,7 +18,8 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Images, Kernel, PhaseLayout, Plan};
+use super::isa::Kernel;
+use super::plan::{Images, PhaseLayout, Plan};
 
 /// Entries (input channel, tap) whose sums the AVX-512 kernel holds in registers: with two
 /// vectors of output channels, 24 accumulators, two gradient vectors and a broadcast fill 27 of
@@ -52,15 +53,7 @@ pub(super) fn weight_grad(
     options: &burn::tensor::ops::ConvOptions<2>,
 ) -> Option<Vec<f32>> {
     let plan = Plan::checked(&x_shape, &w_shape, options)?;
-    let kernel = match Kernel::for_plan(&plan) {
-        // 8 output channels a group (skresnext50's second stage) fill AVX2 vectors, not AVX-512.
-        Kernel::Avx512 if !plan.group_out.is_multiple_of(16) => Kernel::Avx2,
-        kernel => kernel,
-    };
-    let lanes = kernel.lanes();
-    if plan.kernel == 1 || kernel == Kernel::Portable || !plan.group_out.is_multiple_of(lanes) {
-        return None;
-    }
+    let kernel = vector_kernel(&plan)?;
     let layout = PhaseLayout::new(&plan);
     let starts = layout.tap_starts(&plan);
     let entries = starts.len();
@@ -78,6 +71,18 @@ pub(super) fn weight_grad(
     let out_len = plan.out_channels * plane;
     assert_eq!(dy.len(), plan.batch * out_len);
     let w_len = plan.out_channels * entries;
+    let group_grad = GroupGrad {
+        kernel,
+        geometry: Geometry {
+            out_h: plan.out_h,
+            out_w: plan.out_w,
+            width: layout.width,
+        },
+        padded_starts: &padded_starts,
+        block,
+        entries,
+        group_out: go,
+    };
 
     let dw_t = (0..plan.batch * groups)
         .into_par_iter()
@@ -94,38 +99,7 @@ pub(super) fn weight_grad(
                 let dy_g = &dy[n * out_len + g * go * plane..][..go * plane];
                 super::transpose(dy_g, go, plane, &mut scratch.dy_t);
                 let dw_g = &mut scratch.dw_t[g * entries * go..][..entries * go];
-                for (b, starts) in padded_starts.chunks_exact(block).enumerate() {
-                    let first = b * block;
-                    let mut o = 0;
-                    while o < go {
-                        let vectors = if go - o >= 2 * lanes { 2 } else { 1 };
-                        let mut sums = [0f32; 2 * 16 * ENTRIES_AVX512];
-                        kernel_block(
-                            kernel,
-                            vectors,
-                            &Geometry {
-                                out_h: plan.out_h,
-                                out_w: plan.out_w,
-                                width: layout.width,
-                            },
-                            &scratch.phases,
-                            starts,
-                            &scratch.dy_t[o..],
-                            go,
-                            &mut sums,
-                        );
-                        let width = vectors * lanes;
-                        for (e, sum) in sums.chunks_exact(width).take(block).enumerate() {
-                            if first + e < entries {
-                                let dst = &mut dw_g[(first + e) * go + o..][..width];
-                                for (d, s) in dst.iter_mut().zip(sum) {
-                                    *d += s;
-                                }
-                            }
-                        }
-                        o += width;
-                    }
-                }
+                group_grad.add(&scratch.phases, &scratch.dy_t, dw_g);
                 scratch
             },
         )
@@ -149,6 +123,74 @@ pub(super) fn weight_grad(
         );
     }
     Some(dw)
+}
+
+/// The vector kernel for `plan`'s weight gradient: AVX-512 or AVX2, one whose vectors a group's
+/// output channels fill whole (AVX2 for multiples of 8 that are not of 16); `None` for 1x1
+/// kernels and where neither applies.
+fn vector_kernel(plan: &Plan) -> Option<Kernel> {
+    let kernel = match Kernel::for_plan(plan) {
+        // 8 output channels a group (skresnext50's second stage) fill AVX2 vectors, not AVX-512.
+        Kernel::Avx512 if !plan.group_out.is_multiple_of(16) => Kernel::Avx2,
+        kernel => kernel,
+    };
+    let lanes = kernel.lanes();
+    if plan.kernel == 1 || kernel == Kernel::Portable || !plan.group_out.is_multiple_of(lanes) {
+        return None;
+    }
+    Some(kernel)
+}
+
+/// What the (image, group) tasks of one weight gradient share.
+struct GroupGrad<'a> {
+    kernel: Kernel,
+    geometry: Geometry,
+    /// A group's tap starts, one per entry, padded to whole blocks with the first one's.
+    padded_starts: &'a [usize],
+    /// Entries a kernel call holds in registers.
+    block: usize,
+    /// Entries (input channel, tap) of a group.
+    entries: usize,
+    /// Output channels of a group.
+    group_out: usize,
+}
+
+impl GroupGrad<'_> {
+    /// Adds one (image, group)'s weight gradient to `dw_g` (`[entry][out channel]`), from the
+    /// group's padded input `phases` and its position-major output gradient `dy_t`.
+    #[inline]
+    fn add(&self, phases: &[f32], dy_t: &[f32], dw_g: &mut [f32]) {
+        let (go, block, entries) = (self.group_out, self.block, self.entries);
+        let lanes = self.kernel.lanes();
+        for (b, starts) in self.padded_starts.chunks_exact(block).enumerate() {
+            let first = b * block;
+            let mut o = 0;
+            while o < go {
+                let vectors = if go - o >= 2 * lanes { 2 } else { 1 };
+                let mut sums = [0f32; 2 * 16 * ENTRIES_AVX512];
+                kernel_block(
+                    self.kernel,
+                    vectors,
+                    &self.geometry,
+                    phases,
+                    starts,
+                    &dy_t[o..],
+                    go,
+                    &mut sums,
+                );
+                let width = vectors * lanes;
+                for (e, sum) in sums.chunks_exact(width).take(block).enumerate() {
+                    if first + e < entries {
+                        let dst = &mut dw_g[(first + e) * go + o..][..width];
+                        for (d, s) in dst.iter_mut().zip(sum) {
+                            *d += s;
+                        }
+                    }
+                }
+                o += width;
+            }
+        }
+    }
 }
 
 /// Where the output positions lie in the phase planes.
@@ -205,7 +247,9 @@ macro_rules! grad_kernel {
         $(#[$doc])*
         ///
         /// # Safety
-        #[doc = concat!("The CPU must have ", $features, "; the caller checks the bounds.")]
+        #[doc = concat!("The CPU supports ", $features, " (found by [`Kernel::for_plan`]).")]
+        /// `data`, `dy_t` and `sums` hold what [`kernel_block`] asserts: every entry's run from
+        /// its start, the gradient vectors of every position, and every entry's sums.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $features)]
         unsafe fn $name<const VECTORS: usize>(

@@ -6,10 +6,9 @@
 //! transformed patch and kernel, summed over input channels, are 16 matrix products
 //! `M[xi] = U[xi] V[xi]` (`U[xi]`: output by input channels, `V[xi]`: input channels by tiles),
 //! which [`super::pointwise`]'s kernel computes at the rate of a 1x1 conv. That is 16
-//! multiplications for 4 outputs where the direct kernels spend 36. In skresnet18 at batch 1
-//! (each conv timed inside a forward pass), its 3x3 convs took 0.55 to 0.75 of the time of the
-//! kernels this replaces, transforms included: 64 channels on 56x56 maps 1.38 -> 0.8 ms, 128 on
-//! 28x28 1.3 -> 0.85, 256 on 14x14 1.28 -> 0.95; the dilated ones on 56x56 maps about even.
+//! multiplications for 4 outputs where the direct kernels spend 36: transforms included, faster
+//! than the kernels it replaces on skresnet18's 3x3 convs of 14x14 to 56x56 maps, and about even
+//! on the dilated ones of 56x56 maps (figures in BENCHMARKS.md).
 //!
 //! A dilated conv is `dilation^2` undilated ones, one per output phase (rows and columns
 //! `py + dilation * k`, `px + dilation * k`), over the input's matching phase: each tile reads
@@ -22,7 +21,7 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Images, Plan};
+use super::plan::{Images, Plan};
 
 /// Transformed values of a tile: a 4x4 patch.
 const XI: usize = 16;
@@ -186,8 +185,9 @@ pub(super) fn run_winograd(
 /// Writes `V[xi][t]` of one input channel at `v + xi * xi_stride + t`.
 ///
 /// # Safety
-/// AVX-512F (for the compiler's vectorization); `v` is valid for those writes, and no one else
-/// touches them meanwhile.
+/// The CPU supports AVX-512F ([`run_winograd`] asserts it; the function is compiled for it so that
+/// the compiler vectorizes its loops); `v` is valid for those writes, and no one else touches them
+/// meanwhile.
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn transform_input(
     plan: &Plan,
@@ -322,7 +322,8 @@ fn interleave(a: &[f32], b: &[f32], dst: &mut [f32]) {
 /// `relu`.
 ///
 /// # Safety
-/// AVX-512F (for the compiler's vectorization).
+/// The CPU supports AVX-512F ([`run_winograd`] asserts it; the function is compiled for it so that
+/// the compiler vectorizes its loops).
 #[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f"))]
 unsafe fn transform_output(
     plan: &Plan,
