@@ -64,10 +64,18 @@ pub(super) fn save_weights(
     )
 }
 
+/// What a training checkpoint holds.
+pub(super) struct TrainCheckpoint {
+    /// The model's tensors, keyed as in weights files.
+    pub model: Checkpoint,
+    /// The momentum buffers, by parameter key.
+    pub momentum: Vec<(String, Vec<f32>)>,
+    /// Where training stood.
+    pub state: TrainState,
+}
+
 /// Reads a training checkpoint: model tensors, momentum buffers, state.
-pub(super) fn read_checkpoint(
-    path: &Path,
-) -> Result<(Checkpoint, Vec<(String, Vec<f32>)>, TrainState), TrainError> {
+pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError> {
     let ckpt = Checkpoint::read(path)?;
     let resume_err = |message: String| TrainError::Resume {
         path: path.display().to_string(),
@@ -95,7 +103,11 @@ pub(super) fn read_checkpoint(
             momentum.push((key.to_string(), t.data));
         }
     }
-    Ok((model, momentum, state))
+    Ok(TrainCheckpoint {
+        model,
+        momentum,
+        state,
+    })
 }
 
 /// The metrics of epochs `1..=upto` in `metrics.jsonl` (none when there is no such file).

@@ -8,7 +8,9 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::files::{read_checkpoint, read_history, save_checkpoint, save_weights, write_metrics};
+use super::files::{
+    read_checkpoint, read_history, save_checkpoint, save_weights, write_metrics, TrainCheckpoint,
+};
 use super::loss::{argmax_hits, cross_entropy};
 use super::observer::{RunInfo, StepProgress, TrainObserver};
 use super::optim::{Sgd, SgdConfig};
@@ -140,7 +142,11 @@ impl Trainer {
         checkpoint: &Path,
         observer: &mut dyn TrainObserver,
     ) -> Result<(), TrainError> {
-        let (ckpt, momentum, state) = read_checkpoint(checkpoint)?;
+        let TrainCheckpoint {
+            model,
+            momentum,
+            state,
+        } = read_checkpoint(checkpoint)?;
         if state.settings.config != self.settings.config {
             return Err(TrainError::Resume {
                 path: checkpoint.display().to_string(),
@@ -151,7 +157,7 @@ impl Trainer {
             });
         }
         // The model's parameters are shared by the clone, not copied.
-        self.model = Some(load_into(self.model().clone(), ckpt, false)?.0);
+        self.model = Some(load_into(self.model().clone(), model, false)?.0);
         self.sgd.restore(momentum, &self.inner);
         self.epoch = state.epoch;
         self.step = state.step;
