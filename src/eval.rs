@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
 
 use crate::data::augment::Augment;
-use crate::data::loader::{Loader, LoaderConfig};
+use crate::data::loader::{Loader, LoaderConfig, SkippedImage};
 use crate::data::Dataset;
 use crate::infer::Preprocess;
 use crate::model::SkNet;
@@ -36,6 +36,9 @@ pub struct EvalReport {
     pub images: usize,
     /// Images that could not be decoded.
     pub skipped: usize,
+    /// Which images could not be decoded, and why (for the caller to report; not serialized).
+    #[serde(skip)]
+    pub skipped_images: Vec<SkippedImage>,
     /// Per-class accuracy.
     pub per_class: Vec<ClassAccuracy>,
     /// `confusion[true][predicted]` counts.
@@ -43,7 +46,8 @@ pub struct EvalReport {
 }
 
 /// Evaluates `model` (in inference mode) on `indices` of `data`, whose labels index `classes`
-/// through `label_map` (dataset label -> model class).
+/// through `label_map` (dataset label -> model class). Images that cannot be decoded are left
+/// out, counted in [`EvalReport::skipped`] and listed in [`EvalReport::skipped_images`].
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &SkNet,
@@ -57,7 +61,7 @@ pub fn evaluate(
     device: &Device,
 ) -> EvalReport {
     let k = classes.len();
-    let loader = Loader::new(
+    let mut loader = Loader::new(
         data,
         indices,
         LoaderConfig {
@@ -71,11 +75,10 @@ pub fn evaluate(
         },
         0,
     );
-    let skipped = loader.skipped.clone();
     let [h, w] = pre.size;
     let mut confusion = vec![vec![0usize; k]; k];
     let (mut top1, mut top5, mut loss_sum, mut n) = (0usize, 0usize, 0f64, 0usize);
-    for b in loader {
+    for b in loader.by_ref() {
         let m = b.labels.len();
         if m == 0 {
             continue;
@@ -120,7 +123,8 @@ pub fn evaluate(
         top5: top5 as f64 / denom,
         loss: loss_sum / denom,
         images: n,
-        skipped: skipped.load(std::sync::atomic::Ordering::Relaxed),
+        skipped: loader.skipped_count(),
+        skipped_images: loader.take_skipped(),
         per_class,
         confusion,
     }

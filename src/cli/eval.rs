@@ -85,6 +85,9 @@ pub fn run(args: EvalArgs) -> Result<String, CliError> {
         args.workers,
         &device,
     );
+    for image in &report.skipped_images {
+        eprintln!("warning: skipping {}: {}", image.image, image.reason);
+    }
     Ok(if args.json {
         serde_json::to_string_pretty(&report).expect("report") + "\n"
     } else {

@@ -1,10 +1,13 @@
 //! `sknet train`: train or fine-tune on an image dataset.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use indicatif::{ProgressBar, ProgressStyle};
 use sknet::config::NetworkConfig;
+use sknet::data::loader::SkippedImage;
 use sknet::infer::Preprocess;
 use sknet::presets;
+use sknet::train::{EpochMetrics, RunInfo, StepProgress, TrainError, TrainObserver};
 
 use super::args::parse_input_size;
 use super::CliError;
@@ -132,7 +135,12 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
         workers: args.workers,
         output: args.output.clone(),
     };
-    let history = sknet::train::train(settings, args.resume.as_deref(), args.stop_after)?;
+    let history = sknet::train::train_with(
+        settings,
+        args.resume.as_deref(),
+        args.stop_after,
+        &mut Progress::default(),
+    )?;
     let best = history.iter().map(|m| m.val_top1).fold(0.0, f64::max);
     let last = history.last().map(|m| m.val_top1).unwrap_or(0.0);
     Ok(format!(
@@ -143,4 +151,94 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
         args.output.display(),
         args.output.display()
     ))
+}
+
+/// Shows a run on stderr: a line when it starts or resumes, a progress bar during each epoch's
+/// training steps, a line per epoch, and a warning per image that could not be decoded.
+#[derive(Default)]
+struct Progress {
+    /// The bar of the epoch being trained.
+    bar: Option<ProgressBar>,
+    /// Epochs of the run.
+    epochs: usize,
+}
+
+impl TrainObserver for Progress {
+    fn run_started(&mut self, run: &RunInfo) {
+        eprintln!(
+            "training {} on {} ({} train / {} validation images, {} classes), {} epochs of {} steps",
+            run.model,
+            run.data.display(),
+            run.train_images,
+            run.val_images,
+            run.classes,
+            run.epochs,
+            run.steps_per_epoch
+        );
+    }
+
+    fn resumed(&mut self, checkpoint: &Path, epoch: usize) {
+        eprintln!("resuming {} after epoch {epoch}", checkpoint.display());
+    }
+
+    fn epoch_started(&mut self, epoch: usize, epochs: usize, steps: usize) {
+        self.epochs = epochs;
+        let bar = ProgressBar::new(steps as u64);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} eta {eta}")
+                .expect("template")
+                .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{epoch}/{epochs}"));
+        self.bar = Some(bar);
+    }
+
+    fn step(&mut self, progress: &StepProgress) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "loss {:.4} acc {:.2}% {:.0} img/s",
+                progress.loss,
+                100.0 * progress.correct as f64 / progress.images as f64,
+                progress.images_per_s
+            ));
+            bar.inc(1);
+        }
+    }
+
+    fn image_skipped(&mut self, image: &SkippedImage) {
+        let warn = || eprintln!("warning: skipping {}: {}", image.image, image.reason);
+        match &self.bar {
+            // Printed above the bar, which is drawn again below.
+            Some(bar) => bar.suspend(warn),
+            None => warn(),
+        }
+    }
+
+    fn validation_started(&mut self, _epoch: usize, _images: usize) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn epoch_aborted(&mut self, _error: &TrainError) {
+        if let Some(bar) = self.bar.take() {
+            bar.abandon();
+        }
+    }
+
+    fn epoch_finished(&mut self, m: &EpochMetrics) {
+        eprintln!(
+            "epoch {:>3}/{}  lr {:.4}  train loss {:.4} acc {:.2}%  val loss {:.4} top-1 {:.2}% top-5 {:.2}%  {:.0} img/s  {:.0}s",
+            m.epoch,
+            self.epochs,
+            m.lr,
+            m.train_loss,
+            m.train_top1 * 100.0,
+            m.val_loss,
+            m.val_top1 * 100.0,
+            m.val_top5 * 100.0,
+            m.images_per_s,
+            m.seconds
+        );
+    }
 }

@@ -1,9 +1,13 @@
 //! Batches decoded and augmented on worker threads while the model trains on the previous ones.
 //! At most `prefetch` batches wait in memory; order and augmentation are fixed by the seed.
+//!
+//! An image that cannot be decoded is left out of its batch, counted, and described in a
+//! [`SkippedImage`] that the caller collects with [`Loader::take_skipped`]: the loader never
+//! prints.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -20,6 +24,21 @@ pub struct Batch {
     pub labels: Vec<usize>,
 }
 
+/// An image that could not be decoded and was left out of its batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedImage {
+    /// The image (its file, or its record in a binary file).
+    pub image: String,
+    /// Why it could not be decoded.
+    pub reason: String,
+}
+
+impl std::fmt::Display for SkippedImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.image, self.reason)
+    }
+}
+
 /// Iterates over the batches of one epoch.
 pub struct Loader {
     rx: Receiver<(usize, Batch)>,
@@ -27,8 +46,8 @@ pub struct Loader {
     next: usize,
     total: usize,
     workers: Vec<JoinHandle<()>>,
-    /// Images that could not be decoded (skipped).
-    pub skipped: Arc<AtomicUsize>,
+    skipped: Arc<AtomicUsize>,
+    skipped_rx: Receiver<SkippedImage>,
 }
 
 /// What the loader is asked for.
@@ -66,14 +85,17 @@ impl Loader {
         let workers_n = config.workers.max(1);
         let (tx, rx) = sync_channel(2 * workers_n);
         let skipped = Arc::new(AtomicUsize::new(0));
+        // Unbounded: a worker never waits for its caller to collect what it skipped.
+        let (skipped_tx, skipped_rx) = channel();
         let workers = (0..workers_n)
             .map(|w| {
-                let (tx, data, order, config, skipped) = (
+                let (tx, data, order, config, skipped, skipped_tx) = (
                     tx.clone(),
                     data.clone(),
                     order.clone(),
                     config.clone(),
                     skipped.clone(),
+                    skipped_tx.clone(),
                 );
                 std::thread::spawn(move || {
                     let [h, wd] = config.eval.size;
@@ -92,9 +114,13 @@ impl Loader {
                                     ));
                                     labels.push(data.label(i));
                                 }
-                                Err(e) => {
+                                Err(reason) => {
                                     skipped.fetch_add(1, Ordering::Relaxed);
-                                    eprintln!("warning: skipping {}: {e}", data.describe(i));
+                                    // The caller may have stopped listening; nothing to do then.
+                                    let _ = skipped_tx.send(SkippedImage {
+                                        image: data.describe(i),
+                                        reason,
+                                    });
                                 }
                             }
                         }
@@ -112,7 +138,20 @@ impl Loader {
             total,
             workers,
             skipped,
+            skipped_rx,
         }
+    }
+
+    /// Images skipped so far because they could not be decoded.
+    pub fn skipped_count(&self) -> usize {
+        self.skipped.load(Ordering::Relaxed)
+    }
+
+    /// The images skipped since the last call, in the order the workers met them. An image is
+    /// reported before the batch it was left out of is returned, so after the last batch this
+    /// holds every image of the epoch that was skipped.
+    pub fn take_skipped(&mut self) -> Vec<SkippedImage> {
+        self.skipped_rx.try_iter().collect()
     }
 
     /// Batches in this epoch.

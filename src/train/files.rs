@@ -1,0 +1,150 @@
+//! The files a run writes and reads in its output folder: weights, the training checkpoint and
+//! the metrics. Every write is atomic (a temporary file, then a rename).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::optim::Sgd;
+use super::{plot, EpochMetrics, TrainError, TrainState, META_PREPROCESS, META_STATE};
+use crate::infer::Preprocess;
+use crate::model::SkNet;
+use crate::weights::checkpoint::WeightsError;
+use crate::weights::checkpoint::{write_atomic, write_safetensors, Checkpoint, OutTensor};
+use crate::weights::load;
+
+/// Writes the training checkpoint (weights, momentum, state) atomically.
+pub(super) fn save_checkpoint(
+    path: &Path,
+    model: &SkNet,
+    sgd: &Sgd,
+    state: &TrainState,
+    classes: &[String],
+) -> Result<(), WeightsError> {
+    let mut tensors: Vec<(String, OutTensor)> = load::state_dict(model)?
+        .into_iter()
+        .map(|(k, t)| (format!("model.{k}"), t))
+        .collect();
+    for (k, v) in sgd.state() {
+        let n = v.len();
+        tensors.push((format!("momentum.{k}"), OutTensor::F32(vec![n], v)));
+    }
+    let mut meta = weights_metadata(model, classes, &state.settings.preprocess);
+    meta.insert(
+        META_STATE.into(),
+        serde_json::to_string(state).expect("state"),
+    );
+    write_safetensors(path, tensors, meta)
+}
+
+fn weights_metadata(
+    model: &SkNet,
+    classes: &[String],
+    pre: &Preprocess,
+) -> BTreeMap<String, String> {
+    let mut meta = load::export_metadata(model, Some(classes));
+    meta.insert(
+        META_PREPROCESS.into(),
+        serde_json::to_string(pre).expect("preprocess"),
+    );
+    meta
+}
+
+/// Writes timm-compatible weights with the config, class names and preprocessing in their
+/// metadata.
+pub(super) fn save_weights(
+    path: &Path,
+    model: &SkNet,
+    classes: &[String],
+    pre: &Preprocess,
+) -> Result<(), WeightsError> {
+    write_safetensors(
+        path,
+        load::state_dict(model)?,
+        weights_metadata(model, classes, pre),
+    )
+}
+
+/// What a training checkpoint holds.
+pub(super) struct TrainCheckpoint {
+    /// The model's tensors, keyed as in weights files.
+    pub model: Checkpoint,
+    /// The momentum buffers, by parameter key.
+    pub momentum: Vec<(String, Vec<f32>)>,
+    /// Where training stood.
+    pub state: TrainState,
+}
+
+/// Reads a training checkpoint: model tensors, momentum buffers, state.
+pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError> {
+    let ckpt = Checkpoint::read(path)?;
+    let resume_err = |message: String| TrainError::Resume {
+        path: path.display().to_string(),
+        message,
+    };
+    let state: TrainState = ckpt
+        .metadata
+        .get(META_STATE)
+        .ok_or_else(|| {
+            resume_err("not a training checkpoint (no training state in its metadata)".into())
+        })
+        .and_then(|s| {
+            serde_json::from_str(s).map_err(|e| resume_err(format!("bad training state: {e}")))
+        })?;
+    let mut model = Checkpoint {
+        path: ckpt.path.clone(),
+        metadata: ckpt.metadata.clone(),
+        ..Default::default()
+    };
+    let mut momentum = Vec::new();
+    for (k, t) in ckpt.tensors {
+        if let Some(key) = k.strip_prefix("model.") {
+            model.tensors.insert(key.to_string(), t);
+        } else if let Some(key) = k.strip_prefix("momentum.") {
+            momentum.push((key.to_string(), t.data));
+        }
+    }
+    Ok(TrainCheckpoint {
+        model,
+        momentum,
+        state,
+    })
+}
+
+/// The metrics of epochs `1..=upto` in `metrics.jsonl` (none when there is no such file).
+pub(super) fn read_history(path: &Path, upto: usize) -> Vec<EpochMetrics> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<EpochMetrics>(l).ok())
+        .filter(|m| m.epoch <= upto)
+        .collect()
+}
+
+/// Writes `metrics.jsonl`, `metrics.csv` and `curves.png` for `history`.
+pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), WeightsError> {
+    let mut jsonl = String::new();
+    let mut csv = String::from(
+        "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,seconds\n",
+    );
+    for m in history {
+        jsonl.push_str(&serde_json::to_string(m).expect("metrics"));
+        jsonl.push('\n');
+        csv.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.1}\n",
+            m.epoch,
+            m.lr,
+            m.train_loss,
+            m.train_top1,
+            m.val_loss,
+            m.val_top1,
+            m.val_top5,
+            m.images_per_s,
+            m.seconds
+        ));
+    }
+    write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
+    write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
+    write_atomic(&dir.join("curves.png"), &plot::curves_png(history))?;
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! [`Trainer`]: a training run, epoch by epoch.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::files::{
+    read_checkpoint, read_history, save_checkpoint, save_weights, write_metrics, TrainCheckpoint,
+};
+use super::loss::{argmax_hits, cross_entropy};
+use super::observer::{RunInfo, StepProgress, TrainObserver};
+use super::optim::{Sgd, SgdConfig};
+use super::{EpochMetrics, TrainError, TrainSettings, TrainState};
+use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::Dataset;
+use crate::eval::{evaluate, EvalReport};
+use crate::model::SkNet;
+use crate::weights::checkpoint::WeightsError;
+use crate::weights::load::load_into;
+
+/// Batch size of validation.
+const VALIDATION_BATCH: usize = 64;
+
+const MODEL_IN_STEP: &str = "the model is away only during an optimizer step";
+
+/// A training run: the dataset and its split, the network, the optimizer and where training
+/// stands. [`Trainer::fit`] runs the remaining epochs; [`Trainer::run_epoch`] and
+/// [`Trainer::save`] do one epoch and write its files.
+pub struct Trainer {
+    settings: TrainSettings,
+    data: Arc<Dataset>,
+    train_idx: Vec<usize>,
+    val_idx: Vec<usize>,
+    /// The device without autodiff: seeding, momentum buffers, validation.
+    inner: Device,
+    /// The training device (with autodiff).
+    device: Device,
+    /// Taken out only for the optimizer step, which consumes and returns it.
+    model: Option<SkNet>,
+    sgd: Sgd,
+    steps_per_epoch: usize,
+    epoch: usize,
+    step: usize,
+    best_top1: f64,
+    /// The epoch whose validation set `best_top1` in this process.
+    best_epoch: Option<usize>,
+    history: Vec<EpochMetrics>,
+}
+
+/// The running sums of an epoch's training steps.
+struct StepTotals {
+    lr: f64,
+    loss_sum: f64,
+    hits: usize,
+    seen: usize,
+    /// Wall seconds of the steps, once they are over.
+    seconds: f64,
+}
+
+impl Trainer {
+    /// Opens the dataset, splits it, creates the output folder and builds the network (seeded
+    /// by the settings) and the optimizer, for a run from scratch.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Setting`] when the batch size or the number of epochs is 0, the network's
+    /// outputs do not match the dataset's classes or there are fewer training images than one
+    /// batch; [`TrainError::Data`] when the dataset cannot be opened or split;
+    /// [`TrainError::Weights`] when the output folder cannot be created.
+    pub fn new(settings: TrainSettings) -> Result<Self, TrainError> {
+        let s = &settings;
+        if s.batch == 0 || s.epochs == 0 {
+            return Err(TrainError::Setting(
+                "the batch size and the number of epochs must be >= 1".into(),
+            ));
+        }
+        let data = Arc::new(Dataset::open(&s.data)?);
+        if data.classes.len() != s.config.num_classes {
+            return Err(TrainError::Setting(format!(
+                "the dataset has {} classes, the network {} outputs",
+                data.classes.len(),
+                s.config.num_classes
+            )));
+        }
+        let (train_idx, val_idx) = data.split(s.val_per_class)?;
+        std::fs::create_dir_all(&s.output).map_err(|e| WeightsError::Io {
+            path: s.output.display().to_string(),
+            source: e,
+        })?;
+        let inner = crate::device::default_device();
+        let device = crate::device::training_device();
+        inner.seed(s.seed);
+        let model =
+            SkNet::new(&s.config, &device).map_err(|e| TrainError::Setting(e.to_string()))?;
+        let sgd = Sgd::new(SgdConfig {
+            momentum: s.momentum,
+            nesterov: s.nesterov,
+            weight_decay: s.weight_decay,
+        });
+        let steps_per_epoch = train_idx.len() / s.batch;
+        if steps_per_epoch == 0 {
+            return Err(TrainError::Setting(format!(
+                "{} training images are fewer than one batch of {}",
+                train_idx.len(),
+                s.batch
+            )));
+        }
+        let history = read_history(&s.output.join("metrics.jsonl"), 0);
+        Ok(Self {
+            settings,
+            data,
+            train_idx,
+            val_idx,
+            inner,
+            device,
+            model: Some(model),
+            sgd,
+            steps_per_epoch,
+            epoch: 0,
+            step: 0,
+            best_top1: f64::NEG_INFINITY,
+            best_epoch: None,
+            history,
+        })
+    }
+
+    /// Continues from `checkpoint` (a `checkpoint.safetensors` written by [`Trainer::save`]):
+    /// restores the weights, the momentum buffers, the epoch and step counts, the best
+    /// validation accuracy and the metrics of the epochs done, then reports
+    /// [`TrainObserver::resumed`]. Call it before training.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Weights`] when the file cannot be read; [`TrainError::Resume`] when it is
+    /// not a training checkpoint or was made for another network config.
+    pub fn resume(
+        &mut self,
+        checkpoint: &Path,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<(), TrainError> {
+        let TrainCheckpoint {
+            model,
+            momentum,
+            state,
+        } = read_checkpoint(checkpoint)?;
+        if state.settings.config != self.settings.config {
+            return Err(TrainError::Resume {
+                path: checkpoint.display().to_string(),
+                message: format!(
+                    "it was made for `{}`, not `{}` (the network configs differ)",
+                    state.settings.config.name, self.settings.config.name
+                ),
+            });
+        }
+        // The model's parameters are shared by the clone, not copied.
+        self.model = Some(load_into(self.model().clone(), model, false)?.0);
+        self.sgd.restore(momentum, &self.inner);
+        self.epoch = state.epoch;
+        self.step = state.step;
+        self.best_top1 = state.best_top1;
+        self.best_epoch = None;
+        self.history = read_history(&self.settings.output.join("metrics.jsonl"), self.epoch);
+        observer.resumed(checkpoint, self.epoch);
+        Ok(())
+    }
+
+    /// Runs the remaining epochs, at most `stop_after` of them in this call (all when `None`),
+    /// writing each epoch's files ([`Trainer::save`]). Returns the metrics of every epoch so
+    /// far, earlier runs' included.
+    ///
+    /// # Errors
+    ///
+    /// As [`Trainer::run_epoch`] and [`Trainer::save`]; the files of the last good epoch are
+    /// kept.
+    pub fn fit(
+        &mut self,
+        stop_after: Option<usize>,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<&[EpochMetrics], TrainError> {
+        observer.run_started(&self.run_info());
+        let epochs = self.settings.epochs;
+        let end = stop_after.map_or(epochs, |n| (self.epoch + n).min(epochs));
+        while self.epoch < end {
+            self.run_epoch(observer)?;
+            self.save()?;
+        }
+        Ok(&self.history)
+    }
+
+    /// Trains one epoch (one pass over the training split, in the seeded order of that epoch),
+    /// validates, and records the epoch's metrics, which it returns. The files are written by
+    /// [`Trainer::save`].
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::NotFinite`] when the loss diverges (the trainer then holds the weights of
+    /// the step before); [`TrainError::Setting`] when every epoch of the run is done.
+    pub fn run_epoch(
+        &mut self,
+        observer: &mut dyn TrainObserver,
+    ) -> Result<EpochMetrics, TrainError> {
+        if self.epoch >= self.settings.epochs {
+            return Err(TrainError::Setting(format!(
+                "all {} epochs of the run are done",
+                self.settings.epochs
+            )));
+        }
+        let started = Instant::now();
+        let totals = self.train_steps(observer)?;
+        observer.validation_started(self.epoch + 1, self.val_idx.len());
+        let report = self.validate();
+        for image in &report.skipped_images {
+            observer.image_skipped(image);
+        }
+        let metrics = EpochMetrics {
+            epoch: self.epoch + 1,
+            lr: totals.lr,
+            train_loss: totals.loss_sum / totals.seen.max(1) as f64,
+            train_top1: totals.hits as f64 / totals.seen.max(1) as f64,
+            val_loss: report.loss,
+            val_top1: report.top1,
+            val_top5: report.top5,
+            images_per_s: totals.seen as f64 / totals.seconds,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        self.epoch += 1;
+        if metrics.val_top1 > self.best_top1 {
+            self.best_top1 = metrics.val_top1;
+            self.best_epoch = Some(self.epoch);
+        }
+        self.history.push(metrics.clone());
+        observer.epoch_finished(&metrics);
+        Ok(metrics)
+    }
+
+    /// The training steps of the next epoch.
+    fn train_steps(&mut self, observer: &mut dyn TrainObserver) -> Result<StepTotals, TrainError> {
+        let mut loader = Loader::new(
+            self.data.clone(),
+            &self.train_idx,
+            self.loader_config(),
+            self.epoch as u64,
+        );
+        let steps = loader.len();
+        observer.epoch_started(self.epoch + 1, self.settings.epochs, steps);
+        let mut totals = StepTotals {
+            lr: self.lr(),
+            loss_sum: 0.0,
+            hits: 0,
+            seen: 0,
+            seconds: 0.0,
+        };
+        let train_start = Instant::now();
+        let mut index = 0;
+        while let Some(batch) = loader.next() {
+            for image in loader.take_skipped() {
+                observer.image_skipped(&image);
+            }
+            index += 1;
+            if batch.labels.is_empty() {
+                continue;
+            }
+            if let Err(error) = self.train_step(batch, index, &mut totals) {
+                observer.epoch_aborted(&error);
+                return Err(error);
+            }
+            observer.step(&StepProgress {
+                epoch: self.epoch + 1,
+                step: index,
+                steps,
+                images: totals.seen,
+                correct: totals.hits,
+                loss: totals.loss_sum / totals.seen as f64,
+                images_per_s: totals.seen as f64 / train_start.elapsed().as_secs_f64(),
+            });
+        }
+        totals.seconds = train_start.elapsed().as_secs_f64();
+        for image in loader.take_skipped() {
+            observer.image_skipped(&image);
+        }
+        Ok(totals)
+    }
+
+    /// One optimizer step on a non-empty `batch`, the `index`-th (1-based) of the epoch.
+    fn train_step(
+        &mut self,
+        batch: Batch,
+        index: usize,
+        totals: &mut StepTotals,
+    ) -> Result<(), TrainError> {
+        let n = batch.labels.len();
+        let lr = self.lr();
+        totals.lr = lr;
+        let [h, w] = self.settings.preprocess.size;
+        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, h, w]), &self.device);
+        let logits = self.model().forward(x);
+        totals.hits += argmax_hits(&logits, &batch.labels);
+        let loss = cross_entropy(
+            logits,
+            &batch.labels,
+            self.settings.label_smoothing,
+            &self.device,
+        );
+        let value = loss.clone().into_scalar::<f32>();
+        if !value.is_finite() {
+            return Err(TrainError::NotFinite {
+                loss: value,
+                epoch: self.epoch + 1,
+                step: index,
+                dir: self.settings.output.display().to_string(),
+            });
+        }
+        let model = self.model.take().expect(MODEL_IN_STEP);
+        let sgd = &mut self.sgd;
+        self.model = Some(crate::ops::on_cpu_pool(|| {
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            sgd.step(model, grads, lr)
+        }));
+        self.step += 1;
+        totals.loss_sum += value as f64 * n as f64;
+        totals.seen += n;
+        Ok(())
+    }
+
+    /// Evaluates the network as it stands (BatchNorm folded, inference mode) on the
+    /// validation split. Images that cannot be decoded are listed in
+    /// [`EvalReport::skipped_images`].
+    pub fn validate(&self) -> EvalReport {
+        let identity: Vec<usize> = (0..self.data.classes.len()).collect();
+        evaluate(
+            &self.model().valid().fold_batchnorm(),
+            self.data.clone(),
+            &self.val_idx,
+            &identity,
+            &self.data.classes,
+            &self.settings.preprocess,
+            VALIDATION_BATCH,
+            self.settings.workers,
+            &self.inner,
+        )
+    }
+
+    /// Writes, in the output folder, `best.safetensors` when the last epoch set the best
+    /// validation accuracy, `last.safetensors`, `checkpoint.safetensors` (for
+    /// [`Trainer::resume`]), `metrics.jsonl`, `metrics.csv` and `curves.png`, in that order,
+    /// each atomically.
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Weights`] when a file cannot be written.
+    pub fn save(&self) -> Result<(), TrainError> {
+        let s = &self.settings;
+        let valid = self.model().valid();
+        let classes = &self.data.classes;
+        if self.best_epoch.is_some_and(|e| e == self.epoch) {
+            save_weights(
+                &s.output.join("best.safetensors"),
+                &valid,
+                classes,
+                &s.preprocess,
+            )?;
+        }
+        save_weights(
+            &s.output.join("last.safetensors"),
+            &valid,
+            classes,
+            &s.preprocess,
+        )?;
+        save_checkpoint(
+            &s.output.join("checkpoint.safetensors"),
+            &valid,
+            &self.sgd,
+            &self.state(),
+            classes,
+        )?;
+        write_metrics(&s.output, &self.history)?;
+        Ok(())
+    }
+
+    /// What the run trains on what.
+    pub fn run_info(&self) -> RunInfo {
+        let s = &self.settings;
+        RunInfo {
+            model: s.config.name.clone(),
+            data: s.data.clone(),
+            train_images: self.train_idx.len(),
+            val_images: self.val_idx.len(),
+            classes: self.data.classes.len(),
+            epochs: s.epochs,
+            epochs_done: self.epoch,
+            steps_per_epoch: self.steps_per_epoch,
+        }
+    }
+
+    /// Where training stands, as a checkpoint records it.
+    pub fn state(&self) -> TrainState {
+        TrainState {
+            epoch: self.epoch,
+            step: self.step,
+            best_top1: self.best_top1,
+            settings: self.settings.clone(),
+        }
+    }
+
+    /// The run's settings.
+    pub fn settings(&self) -> &TrainSettings {
+        &self.settings
+    }
+
+    /// The dataset's class names, by label.
+    pub fn classes(&self) -> &[String] {
+        &self.data.classes
+    }
+
+    /// The network being trained (on the training device, in training mode).
+    pub fn model(&self) -> &SkNet {
+        self.model.as_ref().expect(MODEL_IN_STEP)
+    }
+
+    /// The metrics of every epoch so far, earlier runs' included.
+    pub fn history(&self) -> &[EpochMetrics] {
+        &self.history
+    }
+
+    /// The metrics of every epoch so far, earlier runs' included.
+    pub fn into_history(self) -> Vec<EpochMetrics> {
+        self.history
+    }
+
+    /// The learning rate of the next step.
+    fn lr(&self) -> f64 {
+        self.settings.schedule.at(self.step, self.steps_per_epoch)
+    }
+
+    fn loader_config(&self) -> LoaderConfig {
+        let s = &self.settings;
+        LoaderConfig {
+            batch: s.batch,
+            workers: s.workers,
+            shuffle: true,
+            drop_last: true,
+            augment: s.augment,
+            eval: s.preprocess.clone(),
+            seed: s.seed,
+        }
+    }
+}
