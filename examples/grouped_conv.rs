@@ -1,6 +1,6 @@
-//! Times burn-flex's convolution against sknet's direct kernel (inference) on the convs that
-//! sknet sends to the direct kernel: skresnext50_32x4d's grouped SK convs, and the dense kxk convs
-//! of skresnet18 and the ResNet stem.
+//! Times burn-flex's convolution against sknet's (`sknet::ops::conv2d` with unpacked weights,
+//! which runs the direct kernel at inference) on the convs that sknet sends to the direct kernel:
+//! skresnext50_32x4d's grouped SK convs, and the dense kxk convs of skresnet18 and the ResNet stem.
 //!
 //! cargo run --release --example grouped_conv -- [BATCH]
 //!

@@ -1,4 +1,5 @@
-//! Times sknet's 1x1 convs (inference) on skresnext50_32x4d's shapes, with the rate each reaches.
+//! Times sknet's 1x1 convs (inference, through `sknet::ops::conv2d`) on skresnext50_32x4d's
+//! shapes, with the rate each reaches.
 //!
 //! cargo run --release --example pointwise_conv -- [BATCH]
 //!
