@@ -285,7 +285,7 @@ impl NetworkConfig {
             for j in 0..self.layers[i] {
                 let unit_in = self.sk_in_channels(i, in_ch);
                 let branch_in = if self.sk.split_input {
-                    if unit_in % m != 0 {
+                    if !unit_in.is_multiple_of(m) {
                         return Err(invalid(
                             "sk.split_input",
                             format!(
@@ -298,7 +298,7 @@ impl NetworkConfig {
                 } else {
                     unit_in
                 };
-                if branch_in % groups != 0 || width % groups != 0 {
+                if !branch_in.is_multiple_of(groups) || !width.is_multiple_of(groups) {
                     return Err(invalid(
                         "sk.groups",
                         format!(

@@ -78,7 +78,7 @@ impl Loader {
         }
         let b = config.batch.max(1);
         let mut total = order.len() / b;
-        if !config.drop_last && order.len() % b != 0 {
+        if !config.drop_last && !order.len().is_multiple_of(b) {
             total += 1;
         }
         let order = Arc::new(order);
