@@ -311,3 +311,65 @@ pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         f()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    /// A `[1, channels, size, size]` input of ones with one NaN.
+    fn input_with_nan(channels: usize, size: usize, device: &Device) -> Tensor<4> {
+        let mut values = vec![1f32; channels * size * size];
+        values[size * size / 2] = f32::NAN;
+        Tensor::from_data(TensorData::new(values, [1, channels, size, size]), device)
+    }
+
+    fn has_nan<const D: usize>(t: Tensor<D>) -> bool {
+        let values = t.into_data().try_to_vec::<f32>().unwrap();
+        values.iter().any(|v| v.is_nan())
+    }
+
+    /// A NaN reaching a ReLU stays NaN, in every kernel that applies one (negative weights make
+    /// every finite output 0, so a flushed NaN would leave no trace).
+    #[test]
+    fn relu_keeps_nan() {
+        let device = Device::flex();
+        // (in, out, kernel, groups, size): grouped direct, 1x1, dense 3x3 (Winograd or packed
+        // where the CPU has AVX-512, direct elsewhere), a 5x5 on a small map (packed).
+        for (cin, cout, k, groups, size) in [
+            (8, 8, 3, 2, 9),
+            (16, 32, 1, 1, 7),
+            (16, 32, 3, 1, 16),
+            (16, 32, 5, 1, 7),
+        ] {
+            let x = input_with_nan(cin, size, &device);
+            let weight = Tensor::<4>::ones([cout, cin / groups, k, k], &device).neg();
+            let options = ConvOptions::new([1, 1], [(k - 1) / 2, (k - 1) / 2], [1, 1], groups);
+            let packed = pack_conv_weights(&weight, groups);
+            for packed in [None, packed.as_ref()] {
+                let y = conv2d(
+                    x.clone(),
+                    weight.clone(),
+                    None,
+                    packed,
+                    options.clone(),
+                    Activation::Relu,
+                );
+                assert!(
+                    has_nan(y),
+                    "conv {k}x{k} g{groups} packed {}",
+                    packed.is_some()
+                );
+            }
+            let residual = Tensor::<4>::zeros([1, cout, size, size], &device);
+            let y = conv2d_add_relu(x.clone(), weight, None, None, options, residual);
+            assert!(has_nan(y), "conv {k}x{k} + residual");
+        }
+        let x = input_with_nan(4, 5, &device);
+        let y = add_relu(x.clone(), Tensor::zeros([1, 4, 5, 5], &device));
+        assert!(has_nan(y), "add_relu");
+        let (gamma, beta) = (Tensor::ones([4], &device), Tensor::zeros([4], &device));
+        let y = batch_norm_train(x, gamma, beta, 1e-5, Activation::Relu).output;
+        assert!(has_nan(y), "batch_norm_train + relu");
+    }
+}

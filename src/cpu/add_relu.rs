@@ -124,7 +124,7 @@ fn forward(x: FlexTensor, y: &FlexTensor) -> FlexTensor {
             .zip(ys.par_chunks(TASK))
             .for_each(|(x, y)| {
                 for (x, &y) in x.iter_mut().zip(y) {
-                    *x = (*x + y).max(0.0);
+                    *x = super::relu(*x + y);
                 }
             });
         return x;
@@ -136,7 +136,7 @@ fn forward(x: FlexTensor, y: &FlexTensor) -> FlexTensor {
         .zip(xs.par_chunks(TASK).zip(ys.par_chunks(TASK)))
         .for_each(|(o, (x, y))| {
             for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
-                *o = (x + y).max(0.0);
+                *o = super::relu(x + y);
             }
         });
     flex_f32(out, &shape)

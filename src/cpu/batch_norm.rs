@@ -254,7 +254,7 @@ pub fn batch_norm_apply(
             let shift = beta[c] - mean[c] * scale;
             if relu {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = (x * scale + shift).max(0.0);
+                    *y = super::relu(x * scale + shift);
                 }
             } else {
                 for (y, &x) in y.iter_mut().zip(x) {

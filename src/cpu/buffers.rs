@@ -114,6 +114,19 @@ pub(crate) fn dims4(t: &burn::backend::flex::FlexTensor) -> [usize; 4] {
     [s[0], s[1], s[2], s[3]]
 }
 
+/// `max(v, 0)` that keeps a NaN, as PyTorch's ReLU does (`f32::max` returns the other operand,
+/// so a NaN would become 0 and hide a broken network). One vector max instruction with the zero
+/// first; the AVX-512 stores do the same with `_mm512_max_ps(zero, v)`, which returns its second
+/// operand when either is NaN.
+#[inline(always)]
+pub(crate) fn relu(v: f32) -> f32 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
 /// `Σ f(a_i, b_i)` over two equal-length runs, in 16 independent `f32` lanes (which the compiler
 /// vectorizes) summed into an `f64`: a plane holds at most a few thousand values.
 pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {

@@ -17,7 +17,7 @@ pub(crate) mod sk_select;
 #[cfg(test)]
 pub(crate) use buffers::assert_close;
 pub(crate) use buffers::{
-    dims4, flex_f32, gemm_strided, into_contiguous_f32, lane_sum, output_buffer, transpose,
+    dims4, flex_f32, gemm_strided, into_contiguous_f32, lane_sum, output_buffer, relu, transpose,
     unique_f32_mut, SendPtr,
 };
 

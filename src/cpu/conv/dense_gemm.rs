@@ -148,7 +148,8 @@ pub(super) fn run_pointwise(
         let epilogue = |(o, row): (usize, &mut [f32])| {
             let shift = bias[o];
             if relu {
-                row.iter_mut().for_each(|v| *v = (*v + shift).max(0.0));
+                row.iter_mut()
+                    .for_each(|v| *v = crate::cpu::relu(*v + shift));
             } else {
                 row.iter_mut().for_each(|v| *v += shift);
             }

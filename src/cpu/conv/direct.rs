@@ -417,7 +417,8 @@ impl Epilogue<'_> {
                 let mask: __mmask16 = if n == 16 { 0xffff } else { (1 << n) - 1 };
                 let mut v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, src.add(x)), shift);
                 if self.relu {
-                    v = _mm512_max_ps(v, zero);
+                    // Zero first: a NaN (the second operand) is kept.
+                    v = _mm512_max_ps(zero, v);
                 }
                 _mm512_mask_storeu_ps(dst.add(x), mask, v);
                 x += 16;
@@ -433,10 +434,7 @@ impl Epilogue<'_> {
         if self.relu {
             for (dst, src) in rows {
                 for (d, &v) in dst.iter_mut().zip(src) {
-                    // A plain compare: one vector instruction (`f32::max` adds a NaN test, and
-                    // a NaN gives 0 either way).
-                    let v = v + shift;
-                    *d = if v > 0.0 { v } else { 0.0 };
+                    *d = crate::cpu::relu(v + shift);
                 }
             }
         } else {

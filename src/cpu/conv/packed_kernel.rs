@@ -173,7 +173,7 @@ unsafe fn row_task(
                 let dst = out.add(c * plane + r * plan.out_w + x);
                 for (i, sums) in block[r * POSITIONS..][..p].iter().enumerate() {
                     let v = sums[c] + shift;
-                    *dst.add(i) = if relu { v.max(0.0) } else { v };
+                    *dst.add(i) = if relu { crate::cpu::relu(v) } else { v };
                 }
             }
         }

@@ -301,7 +301,8 @@ unsafe fn tile<const R: usize, const V: usize>(t: Tile) {
                 y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(masks[v], at));
             }
             if t.relu {
-                y = _mm512_max_ps(y, zero);
+                // Zero first: a NaN (the second operand) is kept.
+                y = _mm512_max_ps(zero, y);
             }
             _mm512_mask_storeu_ps(t.out.add(r * t.out_stride + 16 * v), masks[v], y);
         }

@@ -376,7 +376,7 @@ unsafe fn transform_output(
         }
         if relu {
             for v in y.iter_mut() {
-                *v = v.max(0.0);
+                *v = crate::cpu::relu(*v);
             }
         }
         for ty in 0..rows {
