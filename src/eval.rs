@@ -5,12 +5,31 @@ use std::sync::Arc;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::Serialize;
+use thiserror::Error;
 
 use crate::data::augment::Augment;
 use crate::data::loader::{Loader, LoaderConfig, SkippedImage};
 use crate::data::Dataset;
 use crate::infer::Preprocess;
 use crate::model::SkNet;
+
+/// Why an evaluation has no meaningful result.
+#[derive(Debug, Error, PartialEq)]
+pub enum EvalError {
+    /// No image could be evaluated: an accuracy of 0 would be a wrong verdict.
+    #[error("no image to evaluate ({skipped} could not be decoded)")]
+    Empty {
+        /// Images that could not be decoded.
+        skipped: usize,
+    },
+    /// The network's output is NaN or infinite: its weights (or the input) are broken, and no
+    /// accuracy or loss means anything.
+    #[error("the network's outputs are not finite (NaN or infinite) for {image}: its weights are broken")]
+    NotFinite {
+        /// The first such image.
+        image: String,
+    },
+}
 
 /// Accuracy of one class.
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +67,10 @@ pub struct EvalReport {
 /// Evaluates `model` (in inference mode) on `indices` of `data`, whose labels index `classes`
 /// through `label_map` (dataset label -> model class). Images that cannot be decoded are left
 /// out, counted in [`EvalReport::skipped`] and listed in [`EvalReport::skipped_images`].
+///
+/// # Errors
+/// [`EvalError::NotFinite`] as soon as a logit is NaN or infinite, and [`EvalError::Empty`] when
+/// no image was evaluated.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &SkNet,
@@ -59,10 +82,10 @@ pub fn evaluate(
     batch: usize,
     workers: usize,
     device: &Device,
-) -> EvalReport {
+) -> Result<EvalReport, EvalError> {
     let k = classes.len();
     let mut loader = Loader::new(
-        data,
+        data.clone(),
         indices,
         LoaderConfig {
             batch,
@@ -88,10 +111,16 @@ pub fn evaluate(
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .expect("f32");
+            .expect("converted to f32");
         for (i, &label) in b.labels.iter().enumerate() {
             let target = label_map[label];
             let row = &logp[i * k..(i + 1) * k];
+            // Finite logits give finite log-probabilities; anything else is a broken network.
+            if !row.iter().all(|v| v.is_finite()) {
+                return Err(EvalError::NotFinite {
+                    image: data.describe(b.items[i]),
+                });
+            }
             loss_sum -= row[target] as f64;
             let better = row.iter().filter(|&&v| v > row[target]).count();
             top1 += (better == 0) as usize;
@@ -117,8 +146,13 @@ pub fn evaluate(
             }
         })
         .collect();
-    let denom = n.max(1) as f64;
-    EvalReport {
+    if n == 0 {
+        return Err(EvalError::Empty {
+            skipped: loader.skipped_count(),
+        });
+    }
+    let denom = n as f64;
+    Ok(EvalReport {
         top1: top1 as f64 / denom,
         top5: top5 as f64 / denom,
         loss: loss_sum / denom,
@@ -127,7 +161,7 @@ pub fn evaluate(
         skipped_images: loader.take_skipped(),
         per_class,
         confusion,
-    }
+    })
 }
 
 impl EvalReport {

@@ -259,7 +259,8 @@ pub fn max_pool2d(x: Tensor<4>, options: MaxPoolOptions<2>, out: Option<[usize; 
 /// `torch.optim.SGD`'s update of one parameter: `d = g + decay * p`; with momentum,
 /// `buf = momentum * buf + d` (`buf = d` on the first step, when `buffer` is `None`) and
 /// `d = d + momentum * buf` (Nesterov) or `d = buf`; then `p -= lr * d`. Returns the new value
-/// and the new momentum buffer (`None` without momentum). On the CPU, one pass over the values
+/// and the new momentum buffer (`None` without momentum), and whether every new value is finite
+/// (a diverging run is caught at the step that broke it). On the CPU, one pass over the values
 /// instead of five or six tensor ops.
 ///
 /// # Shapes
@@ -270,7 +271,7 @@ pub fn sgd_update<const D: usize>(
     grad: Tensor<D>,
     buffer: Option<Tensor<1>>,
     update: SgdUpdate,
-) -> (Tensor<D>, Option<Tensor<1>>) {
+) -> (Tensor<D>, Option<Tensor<1>>, bool) {
     if cpu::available() && value.dtype() == DType::F32 && grad.dtype() == DType::F32 {
         return cpu::sgd::sgd_update(value, grad, buffer, update);
     }
@@ -281,7 +282,9 @@ pub fn sgd_update<const D: usize>(
         g = g.add(value.clone().mul_scalar(update.weight_decay));
     }
     if update.momentum <= 0.0 {
-        return (value.sub(g.mul_scalar(update.lr)), None);
+        let value = value.sub(g.mul_scalar(update.lr));
+        let finite = all_finite(&value);
+        return (value, None, finite);
     }
     let buf = match buffer {
         Some(b) => b.reshape(dims).mul_scalar(update.momentum).add(g.clone()),
@@ -292,10 +295,14 @@ pub fn sgd_update<const D: usize>(
     } else {
         buf.clone()
     };
-    (
-        value.sub(step.mul_scalar(update.lr)),
-        Some(buf.reshape([n])),
-    )
+    let value = value.sub(step.mul_scalar(update.lr));
+    let finite = all_finite(&value);
+    (value, Some(buf.reshape([n])), finite)
+}
+
+fn all_finite<const D: usize>(t: &Tensor<D>) -> bool {
+    !(t.clone().is_nan().any().into_scalar::<bool>()
+        || t.clone().is_inf().any().into_scalar::<bool>())
 }
 
 /// `f()`, run on a thread of the CPU kernels' thread pool (rayon's global pool) when called from

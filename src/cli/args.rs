@@ -45,6 +45,9 @@ pub struct WeightsArgs {
     /// Load what matches and keep the rest freshly initialised (e.g. a new classifier).
     #[arg(long)]
     pub allow_partial: bool,
+    /// Load tensors holding NaN or infinite values instead of refusing the file.
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 /// Resolves, reads and loads weights; warns on stderr when some were not loaded.
@@ -60,6 +63,7 @@ pub fn load_weights(
             .map(NetworkConfig::from_file)
             .transpose()?,
         allow_partial: args.allow_partial,
+        allow_nonfinite: args.allow_nonfinite,
     };
     let loaded = load_pretrained(&args.weights, &options, device)?;
     if !loaded.report.is_exact() {

@@ -84,7 +84,11 @@ pub fn run(args: EvalArgs) -> Result<String, CliError> {
         args.batch,
         args.workers,
         &device,
-    );
+    )
+    .map_err(|source| CliError::Eval {
+        data: args.data.display().to_string(),
+        source,
+    })?;
     for image in &report.skipped_images {
         eprintln!("warning: skipping {}: {}", image.image, image.reason);
     }

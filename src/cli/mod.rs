@@ -40,6 +40,14 @@ pub enum CliError {
     /// Bad dataset.
     #[error(transparent)]
     Data(#[from] sknet::data::DataError),
+    /// Evaluation without a meaningful result.
+    #[error("{data}: {source}")]
+    Eval {
+        /// The dataset.
+        data: String,
+        /// Why.
+        source: sknet::eval::EvalError,
+    },
     /// Bad argument.
     #[error("invalid argument `{arg}`: {message}")]
     Argument {
@@ -57,12 +65,20 @@ impl CliError {
             CliError::Weights(WeightsError::Mismatch {
                 fits: Some(name), ..
             }) => Some(format!("pass --arch {name}")),
+            CliError::Weights(WeightsError::NonFinite { .. }) => {
+                Some("pass --allow-nonfinite to load them anyway".into())
+            }
             CliError::Weights(WeightsError::UnknownArchitecture { .. }) => {
                 Some("pass --arch NAME or --config FILE to see what differs".into())
             }
-            CliError::Train(sknet::train::TrainError::NotFinite { .. }) => {
-                Some("try a lower --lr".into())
-            }
+            CliError::Train(
+                sknet::train::TrainError::NotFinite { .. }
+                | sknet::train::TrainError::NonFiniteWeights { .. },
+            ) => Some("try a lower --lr".into()),
+            CliError::Train(sknet::train::TrainError::Invalid { field, .. }) => Some(format!(
+                "see --{} in `sknet train --help`",
+                field.replace('_', "-")
+            )),
             _ => None,
         }
     }

@@ -22,17 +22,17 @@ pub(crate) fn sgd_update<const D: usize>(
     grad: Tensor<D>,
     buffer: Option<Tensor<1>>,
     update: SgdUpdate,
-) -> (Tensor<D>, Option<Tensor<1>>) {
+) -> (Tensor<D>, Option<Tensor<1>>, bool) {
     let device = value.device();
     let dims = value.dims();
     let n: usize = dims.iter().product();
     let mut values = f32_vec(value);
     let grad = f32_vec(grad);
     let mut buffer = buffer.map(f32_vec);
-    update_in_place(&mut values, &grad, &mut buffer, update);
+    let finite = update_in_place(&mut values, &grad, &mut buffer, update);
     let buffer = buffer.map(|b| Tensor::from_data(TensorData::new(b, [n]), &device));
     let value = Tensor::from_data(TensorData::new(values, dims.to_vec()), &device);
-    (value, buffer)
+    (value, buffer, finite)
 }
 
 /// A tensor's values as an `f32` vector.
@@ -43,13 +43,13 @@ fn f32_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
 }
 
 /// The update in place; `buffer` holds the momentum buffer afterwards (stays `None` without
-/// momentum).
+/// momentum). Returns whether every updated value is finite, found in the same pass.
 fn update_in_place(
     values: &mut [f32],
     grad: &[f32],
     buffer: &mut Option<Vec<f32>>,
     update: SgdUpdate,
-) {
+) -> bool {
     assert_eq!(values.len(), grad.len(), "SGD: gradient size");
     let (decay, lr, momentum) = (
         update.weight_decay as f32,
@@ -57,15 +57,18 @@ fn update_in_place(
         update.momentum as f32,
     );
     if update.momentum <= 0.0 {
+        let mut finite = true;
         for (p, &g) in values.iter_mut().zip(grad) {
             let d = if decay > 0.0 { g + *p * decay } else { g };
             *p -= d * lr;
+            finite &= p.is_finite();
         }
-        return;
+        return finite;
     }
     let first = buffer.is_none();
     let buf = buffer.get_or_insert_with(|| vec![0f32; values.len()]);
     assert_eq!(buf.len(), values.len(), "SGD: momentum buffer size");
+    let mut finite = true;
     for ((p, &g), b) in values.iter_mut().zip(grad).zip(buf.iter_mut()) {
         let d = if decay > 0.0 { g + *p * decay } else { g };
         *b = if first { d } else { *b * momentum + d };
@@ -75,7 +78,9 @@ fn update_in_place(
             *b
         };
         *p -= step * lr;
+        finite &= p.is_finite();
     }
+    finite
 }
 
 #[cfg(test)]
@@ -102,7 +107,7 @@ mod tests {
             let mut expected: Vec<f64> = values.iter().map(|&v| v as f64).collect();
             let mut expected_buf: Option<Vec<f64>> = None;
             for grad in grads {
-                update_in_place(&mut values, &grad, &mut buffer, update);
+                assert!(update_in_place(&mut values, &grad, &mut buffer, update));
                 let d: Vec<f64> = grad
                     .iter()
                     .zip(&expected)

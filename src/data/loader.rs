@@ -22,6 +22,8 @@ pub struct Batch {
     pub pixels: Vec<f32>,
     /// Labels.
     pub labels: Vec<usize>,
+    /// The dataset items the images are, in batch order.
+    pub items: Vec<usize>,
 }
 
 /// An image that could not be decoded and was left out of its batch.
@@ -103,6 +105,7 @@ impl Loader {
                         let slice = &order[k * b..((k + 1) * b).min(order.len())];
                         let mut pixels = Vec::with_capacity(slice.len() * 3 * h * wd);
                         let mut labels = Vec::with_capacity(slice.len());
+                        let mut items = Vec::with_capacity(slice.len());
                         for &i in slice {
                             match data.load(i) {
                                 Ok(img) => {
@@ -113,6 +116,7 @@ impl Loader {
                                         &mut rng,
                                     ));
                                     labels.push(data.label(i));
+                                    items.push(i);
                                 }
                                 Err(reason) => {
                                     skipped.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +128,12 @@ impl Loader {
                                 }
                             }
                         }
-                        if tx.send((k, Batch { pixels, labels })).is_err() {
+                        let batch = Batch {
+                            pixels,
+                            labels,
+                            items,
+                        };
+                        if tx.send((k, batch)).is_err() {
                             return;
                         }
                     }

@@ -31,6 +31,14 @@ pub enum InferError {
     /// Class names do not fit the network.
     #[error("{0}")]
     Classes(String),
+    /// The network's output is NaN or infinite: probabilities would mean nothing.
+    #[error(
+        "{path}: the network's outputs are not finite (NaN or infinite): its weights are broken"
+    )]
+    NotFinite {
+        /// The image.
+        path: String,
+    },
 }
 
 /// Class names for a network: the given ones, ImageNet's for 1000 classes, else `class_{i}`.
@@ -93,9 +101,15 @@ pub fn predict(
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
-            .expect("f32 probabilities");
+            .expect("converted to f32");
         for (i, path) in chunk.iter().enumerate().take(n) {
             let row = &values[i * k..(i + 1) * k];
+            // The softmax of finite logits is finite.
+            if !row.iter().all(|p| p.is_finite()) {
+                return Err(InferError::NotFinite {
+                    path: path.display().to_string(),
+                });
+            }
             let mut order: Vec<usize> = (0..k).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
             out.push(Prediction {

@@ -67,6 +67,37 @@ pub enum TrainError {
         /// Output folder.
         dir: String,
     },
+    /// A step left a parameter NaN or infinite.
+    #[error(
+        "`{parameter}` is not finite after epoch {epoch}, step {step}: training diverged (try a \
+         lower learning rate); the last good checkpoint is kept in {dir}"
+    )]
+    NonFiniteWeights {
+        /// The first such parameter's key.
+        parameter: String,
+        /// Epoch (1-based).
+        epoch: usize,
+        /// Step in the epoch.
+        step: usize,
+        /// Output folder.
+        dir: String,
+    },
+    /// Validation found nothing to measure, or outputs that are not finite.
+    #[error("validation after epoch {epoch}: {source}")]
+    Validation {
+        /// Epoch (1-based).
+        epoch: usize,
+        /// What went wrong.
+        source: crate::eval::EvalError,
+    },
+    /// A setting outside its valid range.
+    #[error("invalid training setting `{field}`: {constraint}")]
+    Invalid {
+        /// The setting's field in [`TrainSettings`].
+        field: &'static str,
+        /// What is expected, and what was found.
+        constraint: String,
+    },
     /// A resume checkpoint that does not belong to this run.
     #[error("{path}: cannot resume: {message}")]
     Resume {
@@ -113,6 +144,74 @@ pub struct TrainSettings {
     pub workers: usize,
     /// Output folder.
     pub output: PathBuf,
+}
+
+/// Most images in one batch.
+pub const MAX_BATCH: usize = 4096;
+/// Most epochs of one run.
+pub const MAX_EPOCHS: usize = 100_000;
+/// Most loader threads.
+pub const MAX_WORKERS: usize = 256;
+
+impl TrainSettings {
+    /// Checks every numeric setting against its valid range; the error names the field.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let invalid = |field, constraint: String| Err(TrainError::Invalid { field, constraint });
+        let count = |field, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else if max == usize::MAX {
+                invalid(field, format!("must be >= {min}, found {value}"))
+            } else {
+                invalid(
+                    field,
+                    format!("must be within {min}..={max}, found {value}"),
+                )
+            }
+        };
+        // `lo <= value <= hi` (or `< hi` when `open_top`), finite.
+        let real = |field, value: f64, lo: f64, hi: f64, open_top: bool| {
+            let top = if open_top { value < hi } else { value <= hi };
+            if value.is_finite() && value >= lo && top {
+                Ok(())
+            } else {
+                let close = if open_top { ")" } else { "]" };
+                invalid(
+                    field,
+                    format!("must be finite and within [{lo}, {hi}{close}, found {value}"),
+                )
+            }
+        };
+        count("batch", self.batch, 1, MAX_BATCH)?;
+        count("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        count("workers", self.workers, 1, MAX_WORKERS)?;
+        // Validation picks best.safetensors: it needs images.
+        count("val_per_class", self.val_per_class, 1, usize::MAX)?;
+        let schedule = &self.schedule;
+        if !(schedule.lr.is_finite() && schedule.lr > 0.0) {
+            return invalid(
+                "lr",
+                format!("must be finite and > 0, found {}", schedule.lr),
+            );
+        }
+        real(
+            "warmup_epochs",
+            schedule.warmup_epochs,
+            0.0,
+            self.epochs as f64,
+            false,
+        )?;
+        count("step_epochs", schedule.step_epochs, 1, usize::MAX)?;
+        if !(schedule.gamma.is_finite() && schedule.gamma > 0.0 && schedule.gamma <= 1.0) {
+            return invalid(
+                "gamma",
+                format!("must be finite and within (0, 1], found {}", schedule.gamma),
+            );
+        }
+        real("momentum", self.momentum, 0.0, 1.0, true)?;
+        real("weight_decay", self.weight_decay, 0.0, 1.0, false)?;
+        real("label_smoothing", self.label_smoothing, 0.0, 1.0, true)
+    }
 }
 
 /// The part of a checkpoint that says where training stands.

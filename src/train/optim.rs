@@ -28,6 +28,7 @@ pub struct Sgd {
     pub config: SgdConfig,
     /// `key -> flattened momentum buffer`.
     pub buffers: HashMap<String, Tensor<1>>,
+    non_finite: Option<String>,
 }
 
 struct Step<'a> {
@@ -35,6 +36,8 @@ struct Step<'a> {
     config: SgdConfig,
     lr: f64,
     buffers: &'a mut HashMap<String, Tensor<1>>,
+    /// The first parameter whose new value holds a NaN or an infinity.
+    non_finite: Option<String>,
 }
 
 impl KeyedMapper for Step<'_> {
@@ -65,7 +68,10 @@ impl KeyedMapper for Step<'_> {
             weight_decay: decay,
         };
         let buffer = self.buffers.remove(&path);
-        let (updated, buffer) = crate::ops::sgd_update(value, grad, buffer, update);
+        let (updated, buffer, finite) = crate::ops::sgd_update(value, grad, buffer, update);
+        if !finite && self.non_finite.is_none() {
+            self.non_finite = Some(path.clone());
+        }
         if let Some(buffer) = buffer {
             self.buffers.insert(path, buffer);
         }
@@ -85,18 +91,28 @@ impl Sgd {
         Self {
             config,
             buffers: HashMap::new(),
+            non_finite: None,
         }
     }
 
-    /// One step at learning rate `lr`.
+    /// One step at learning rate `lr`. Afterwards, [`Sgd::non_finite`] names the first
+    /// parameter the step left with a NaN or an infinity, if any.
     pub fn step(&mut self, model: SkNet, grads: GradientsParams, lr: f64) -> SkNet {
         let mut step = Step {
             grads,
             config: self.config,
             lr,
             buffers: &mut self.buffers,
+            non_finite: None,
         };
-        map_keyed(model, &mut step)
+        let model = map_keyed(model, &mut step);
+        self.non_finite = step.non_finite;
+        model
+    }
+
+    /// The first parameter the last step left with a NaN or an infinity.
+    pub fn non_finite(&self) -> Option<&str> {
+        self.non_finite.as_deref()
     }
 
     /// Buffers as plain data, for checkpoints.

@@ -73,11 +73,7 @@ impl Trainer {
     /// [`TrainError::Weights`] when the output folder cannot be created.
     pub fn new(settings: TrainSettings) -> Result<Self, TrainError> {
         let s = &settings;
-        if s.batch == 0 || s.epochs == 0 {
-            return Err(TrainError::Setting(
-                "the batch size and the number of epochs must be >= 1".into(),
-            ));
-        }
+        s.validate()?;
         let data = Arc::new(Dataset::open(&s.data)?);
         if data.classes.len() != s.config.num_classes {
             return Err(TrainError::Setting(format!(
@@ -212,7 +208,10 @@ impl Trainer {
         let started = Instant::now();
         let totals = self.train_steps(observer)?;
         observer.validation_started(self.epoch + 1, self.val_idx.len());
-        let report = self.validate();
+        let report = self.validate().map_err(|source| TrainError::Validation {
+            epoch: self.epoch + 1,
+            source,
+        })?;
         for image in &report.skipped_images {
             observer.image_skipped(image);
         }
@@ -320,6 +319,14 @@ impl Trainer {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             sgd.step(model, grads, lr)
         }));
+        if let Some(parameter) = self.sgd.non_finite() {
+            return Err(TrainError::NonFiniteWeights {
+                parameter: parameter.to_string(),
+                epoch: self.epoch + 1,
+                step: index,
+                dir: self.settings.output.display().to_string(),
+            });
+        }
         self.step += 1;
         totals.loss_sum += value as f64 * n as f64;
         totals.seen += n;
@@ -329,7 +336,10 @@ impl Trainer {
     /// Evaluates the network as it stands (BatchNorm folded, inference mode) on the
     /// validation split. Images that cannot be decoded are listed in
     /// [`EvalReport::skipped_images`].
-    pub fn validate(&self) -> EvalReport {
+    ///
+    /// # Errors
+    /// When no validation image could be decoded, or the network's outputs are not finite.
+    pub fn validate(&self) -> Result<EvalReport, crate::eval::EvalError> {
         let identity: Vec<usize> = (0..self.data.classes.len()).collect();
         evaluate(
             &self.model().valid().fold_batchnorm(),

@@ -60,6 +60,14 @@ pub enum WeightsError {
         /// The file.
         path: String,
     },
+    /// Tensors holding NaN or infinite values: a network loaded from them computes garbage.
+    #[error("{path}: {} tensors hold NaN or infinite values: {}", .keys.len(), list_keys(.keys))]
+    NonFinite {
+        /// The file.
+        path: String,
+        /// Their keys, in key order.
+        keys: Vec<String>,
+    },
     /// The network named for the file is not valid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
@@ -81,6 +89,20 @@ pub enum WeightsError {
         /// What went wrong, and what to do.
         message: String,
     },
+}
+
+fn list_keys(keys: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let mut text = keys
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if keys.len() > SHOWN {
+        text.push_str(&format!(", ... ({} more)", keys.len() - SHOWN));
+    }
+    text
 }
 
 fn fits_note(fits: &Option<String>) -> String {
@@ -191,6 +213,18 @@ fn half_to_f32(h: u16) -> f32 {
 }
 
 impl Checkpoint {
+    /// Keys of the tensors that hold a NaN or an infinity, sorted.
+    pub fn non_finite_keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self
+            .tensors
+            .iter()
+            .filter(|(_, t)| !t.data.iter().all(|v| v.is_finite()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
+    }
+
     /// Reads a checkpoint, telling the format from the file's first bytes.
     pub fn read(path: &Path) -> Result<Self, WeightsError> {
         let len = crate::files::regular_file_len(path, MAX_CHECKPOINT_BYTES)

@@ -200,6 +200,8 @@ pub struct LoadOptions {
     /// Load what matches and keep the rest as initialised (a new classifier, say) instead of
     /// failing on any missing, unexpected or mis-shaped key.
     pub allow_partial: bool,
+    /// Load tensors that hold NaN or infinite values instead of refusing the file.
+    pub allow_nonfinite: bool,
 }
 
 /// A network with weights loaded, and what its file says about them.
@@ -218,8 +220,9 @@ pub struct Pretrained {
 /// builds the network it is for (see [`resolve_config`]) and loads it.
 ///
 /// # Errors
-/// A file that cannot be read, metadata that does not parse, a network that cannot be built, and
-/// (unless `allow_partial`) any key that does not fit.
+/// A file that cannot be read, metadata that does not parse, a network that cannot be built,
+/// (unless `allow_nonfinite`) tensors with NaN or infinite values, and (unless `allow_partial`)
+/// any key that does not fit.
 pub fn load_pretrained(
     spec: &str,
     options: &LoadOptions,
@@ -227,6 +230,15 @@ pub fn load_pretrained(
 ) -> Result<Pretrained, WeightsError> {
     let path = super::hub::local_path(spec)?;
     let ckpt = Checkpoint::read(&path)?;
+    if !options.allow_nonfinite {
+        let keys = ckpt.non_finite_keys();
+        if !keys.is_empty() {
+            return Err(WeightsError::NonFinite {
+                path: ckpt.path.clone(),
+                keys,
+            });
+        }
+    }
     let config = resolve_config(&ckpt, options.arch.as_deref(), options.config.clone())?;
     let classes = super::metadata::class_names(&ckpt)?;
     let preprocess = super::metadata::preprocess(&ckpt)?;

@@ -1,0 +1,216 @@
+//! Bad input as a hostile user gives it: every case ends with exit status 2 and a message naming
+//! the culprit, within a memory limit, and never hangs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sknet::weights::checkpoint::{write_safetensors, Checkpoint, OutTensor};
+
+/// Address space a run may take: far above what these small cases need, far below the
+/// gigabytes a size taken on trust would ask for.
+const MEMORY_LIMIT: u64 = 4 << 30;
+/// Wall time a run may take before it counts as a hang.
+const TIME_LIMIT: Duration = Duration::from_secs(120);
+
+const MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cifar10.safetensors");
+const IMAGE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/data/cifar10-mini/cat/0000.jpg"
+);
+
+/// Runs the binary under the memory limit; (exit status, stderr).
+fn sknet(args: &[&str]) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sknet"));
+    command.args(args);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: MEMORY_LIMIT,
+                rlim_max: MEMORY_LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let started = Instant::now();
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("runs");
+    loop {
+        if let Some(status) = child.try_wait().expect("waits") {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if started.elapsed() > TIME_LIMIT {
+            child.kill().unwrap();
+            panic!("sknet {args:?} hangs");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts exit status 2 and that stderr names every one of `culprits`.
+fn refused(args: &[&str], culprits: &[&str]) {
+    let (code, err) = sknet(args);
+    assert_eq!(code, 2, "sknet {args:?}: exit {code}\n{err}");
+    for culprit in culprits {
+        assert!(
+            err.contains(culprit),
+            "sknet {args:?} does not name `{culprit}`:\n{err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "sknet {args:?} panicked:\n{err}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sknet-bad-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The shipped model with `value` written into the first element of tensor `key`.
+fn poisoned_model(dir: &Path, key: &str, value: f32) -> String {
+    let ckpt = Checkpoint::read(Path::new(MODEL)).unwrap();
+    let tensors = ckpt
+        .tensors
+        .iter()
+        .map(|(k, t)| {
+            let mut data = t.data.clone();
+            if k == key {
+                data[0] = value;
+            }
+            (k.clone(), OutTensor::F32(t.shape.clone(), data))
+        })
+        .collect();
+    let meta: BTreeMap<String, String> = ckpt.metadata.clone().into_iter().collect();
+    let path = dir.join(format!("{}.safetensors", key.replace('.', "_")));
+    write_safetensors(&path, tensors, meta).unwrap();
+    path.display().to_string()
+}
+
+/// Class 4: non-finite weights are refused by name; loaded anyway, their NaN outputs are an
+/// error, not a confident class or an accuracy.
+#[test]
+fn non_finite_weights_and_outputs() {
+    let dir = scratch("nan");
+    let nan = poisoned_model(&dir, "conv1.weight", f32::NAN);
+    refused(
+        &["predict", IMAGE, "--weights", &nan],
+        &["conv1.weight", "NaN or infinite", "--allow-nonfinite"],
+    );
+    refused(
+        &["predict", IMAGE, "--weights", &nan, "--allow-nonfinite"],
+        &["0000.jpg", "not finite"],
+    );
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cifar10-mini");
+    refused(
+        &[
+            "eval",
+            "--weights",
+            &nan,
+            "--allow-nonfinite",
+            "--data",
+            data,
+            "--val-per-class",
+            "2",
+        ],
+        &["not finite"],
+    );
+    let inf = poisoned_model(&dir, "fc.bias", f32::INFINITY);
+    refused(
+        &["export", "--weights", &inf, "-o", "/dev/null"],
+        &["fc.bias"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Class 2: numeric training settings outside their ranges, named before anything runs.
+#[test]
+fn training_settings_out_of_range() {
+    let dir = scratch("settings");
+    let out = dir.join("run").display().to_string();
+    for (flag, value, field) in [
+        ("--lr", "nan", "`lr`"),
+        ("--lr", "-1", "`lr`"),
+        ("--val-per-class", "0", "`val_per_class`"),
+        ("--workers", "0", "`workers`"),
+        ("--batch", "100000000", "`batch`"),
+        ("--momentum", "1.5", "`momentum`"),
+        ("--label-smoothing", "inf", "`label_smoothing`"),
+        ("--warmup-epochs", "nan", "`warmup_epochs`"),
+        ("--weight-decay", "-0.1", "`weight_decay`"),
+    ] {
+        let arg = format!("{flag}={value}");
+        refused(&["train", &arg, "--output", &out], &[field, flag]);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Class 3: special files and escaping hub specs are refused at once.
+#[test]
+fn special_files_and_hub_specs() {
+    let dir = scratch("special");
+    let fifo = dir.join("weights.safetensors");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo = fifo.display().to_string();
+    refused(
+        &["predict", IMAGE, "--weights", &fifo],
+        &[&fifo, "not a regular file"],
+    );
+    refused(
+        &["predict", &fifo, "--weights", MODEL],
+        &[&fifo, "not a regular file"],
+    );
+    refused(
+        &["summary", "--config", &fifo],
+        &[&fifo, "not a regular file"],
+    );
+    refused(
+        &["predict", IMAGE, "--weights", "hf:timm/../../etc/passwd"],
+        &["not a plain name"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Class 6: unknown config fields are errors that name them.
+#[test]
+fn unknown_config_fields() {
+    let dir = scratch("config");
+    let (code, _) = sknet(&["config", "--arch", "sknet-tiny"]);
+    assert_eq!(code, 0);
+    let text = Command::new(env!("CARGO_BIN_EXE_sknet"))
+        .args(["config", "--arch", "sknet-tiny"])
+        .output()
+        .unwrap()
+        .stdout;
+    let text = String::from_utf8(text).unwrap();
+    let path = dir.join("c.json");
+    std::fs::write(
+        &path,
+        text.replacen("\"stem\": {", "\"stem\": {\"widht\": 8, ", 1),
+    )
+    .unwrap();
+    let path = path.display().to_string();
+    refused(&["summary", "--config", &path], &[&path, "widht"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
