@@ -19,6 +19,10 @@ use crate::layers::{
 use crate::ops;
 use crate::sizes::Sizes;
 
+/// Most parameters (BatchNorm statistics included) a network may have: 4 GiB of f32, ten times
+/// the largest SKNet here.
+pub const MAX_PARAMETERS: u64 = 1 << 30;
+
 /// Most stages a network may have: timm's `layer1` .. `layer4`.
 pub const MAX_STAGES: usize = 4;
 
@@ -50,7 +54,29 @@ pub enum InputError {
         /// The smallest square side that works.
         min_side: usize,
     },
+    /// A batch whose activations alone would take more memory than sknet allows.
+    #[error(
+        "a batch of {batch} at {height}x{width} needs at least {gib:.1} GiB for one activation of \
+         `{arch}` (the limit is {limit_gib} GiB): use a smaller batch or input"
+    )]
+    TooLarge {
+        /// Network name.
+        arch: String,
+        /// Batch size.
+        batch: usize,
+        /// Input height.
+        height: usize,
+        /// Input width.
+        width: usize,
+        /// The largest activation's size in GiB.
+        gib: f64,
+        /// The limit in GiB.
+        limit_gib: u64,
+    },
 }
+
+/// Largest single activation a forward pass may hold, in bytes.
+pub const MAX_ACTIVATION_BYTES: u128 = 16 << 30;
 
 /// Per-channel branch weights of one SK unit.
 #[derive(Debug, Clone)]
@@ -166,7 +192,7 @@ impl SkNet {
         stages.resize_with(MAX_STAGES, Vec::new);
         let mut stages = stages.into_iter();
         let mut next = || stages.next().unwrap_or_default();
-        Ok(Self {
+        let model = Self {
             input_bn,
             conv1: stem_conv,
             bn1: BatchNorm2dConfig::new(config.stem.width())
@@ -178,7 +204,21 @@ impl SkNet {
             layer4: next(),
             fc: LinearConfig::new(in_ch, config.num_classes).init(device),
             config: config.clone(),
-        })
+        };
+        // The weights are not allocated until first used: counting them here is free.
+        let parameters: u128 = crate::weights::named_tensors(&model)
+            .iter()
+            .map(|t| t.shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum();
+        if parameters > MAX_PARAMETERS as u128 {
+            return Err(ConfigError::TooLarge {
+                network: config.name.clone(),
+                parameters,
+                gib: parameters as f64 * 4.0 / (1u64 << 30) as f64,
+                max: MAX_PARAMETERS,
+            });
+        }
+        Ok(model)
     }
 
     /// Folds every BatchNorm that follows a convolution into that convolution's weight and bias
@@ -373,7 +413,37 @@ impl SkNet {
                 channels: self.config.in_channels,
             });
         }
-        self.trace_shapes(dims[2], dims[3]).map(|_| ())
+        let trace = self.trace_shapes(dims[2], dims[3])?;
+        let bytes = self.largest_activation(&trace) * dims[0] as u128 * 4;
+        if bytes > MAX_ACTIVATION_BYTES {
+            return Err(InputError::TooLarge {
+                arch: self.config.name.clone(),
+                batch: dims[0],
+                height: dims[2],
+                width: dims[3],
+                gib: bytes as f64 / (1u64 << 30) as f64,
+                limit_gib: (MAX_ACTIVATION_BYTES >> 30) as u64,
+            });
+        }
+        Ok(())
+    }
+
+    /// Floats of the largest map one image makes (a lower bound of what a forward holds): the
+    /// input, the stem's output, and each block's output and SK branches.
+    fn largest_activation(&self, trace: &ShapeTrace) -> u128 {
+        let c = &self.config;
+        let area = |(h, w): (usize, usize)| h as u128 * w as u128;
+        let mut largest = area(trace.stem) * c.stem.width() as u128;
+        let mut k = 0;
+        for (i, stage) in self.stages().iter().enumerate() {
+            let branches = (c.sk_width(i) * c.sk.branches()) as u128;
+            let channels = branches.max(c.stage_channels(i) as u128);
+            for _ in stage.iter() {
+                largest = largest.max(area(trace.blocks[k]) * channels);
+                k += 1;
+            }
+        }
+        largest
     }
 
     /// Spatial size after the stem (before pooling), after pooling and after every block.

@@ -192,6 +192,70 @@ fn special_files_and_hub_specs() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Class 1: sizes from a config or a flag are checked before anything is allocated; a request
+/// merely too big for the machine says how much memory it would need.
+#[test]
+fn sizes_taken_from_outside() {
+    let dir = scratch("sizes");
+    let text = Command::new(env!("CARGO_BIN_EXE_sknet"))
+        .args(["config", "--arch", "sknet-tiny"])
+        .output()
+        .unwrap()
+        .stdout;
+    let config: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let write = |name: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut c = config.clone();
+        change(&mut c);
+        let path = dir.join(name);
+        std::fs::write(&path, c.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let classes = write("classes.json", &|c| c["num_classes"] = (1u64 << 40).into());
+    refused(&["summary", "--config", &classes], &["num_classes"]);
+    let kernel = write("kernel.json", &|c| {
+        c["sk"]["kernel_sizes"][1] = 99_999.into()
+    });
+    refused(&["summary", "--config", &kernel], &["sk.kernel_sizes[1]"]);
+    let wide = write("wide.json", &|c| {
+        c["planes"] = serde_json::json!([60000, 60000, 60000])
+    });
+    refused(&["summary", "--config", &wide], &["parameters", "GiB"]);
+    refused(
+        &["summary", "--arch", "sknet-tiny", "--input", "99999999"],
+        &["--input"],
+    );
+    refused(
+        &["summary", "--arch", "sknet-tiny", "--classes", "0"],
+        &["num_classes"],
+    );
+    refused(
+        &[
+            "bench",
+            "--arch",
+            "skresnet18",
+            "--batch",
+            "4096",
+            "--input",
+            "4096",
+        ],
+        &["GiB", "smaller batch"],
+    );
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cifar10-mini");
+    refused(
+        &[
+            "eval",
+            "--weights",
+            MODEL,
+            "--data",
+            data,
+            "--workers",
+            "1000000000",
+        ],
+        &["--workers"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Class 6: unknown config fields are errors that name them.
 #[test]
 fn unknown_config_fields() {

@@ -77,18 +77,22 @@ pub fn load_weights(
 
 /// Parses `224` or `224x160` into `[height, width]`.
 pub fn parse_input_size(text: &str) -> Result<[usize; 2], CliError> {
+    let max = sknet::config::MAX_INPUT_SIDE;
     let bad = || CliError::Argument {
         arg: format!("--input {text}"),
-        message: "expected a size like 224 or 224x160 (height x width), each >= 1".into(),
+        message: format!(
+            "expected a size like 224 or 224x160 (height x width), each within 1..={max}"
+        ),
     };
     let parts: Vec<&str> = text.split(['x', 'X']).collect();
     let nums: Vec<usize> = parts
         .iter()
         .map(|p| p.trim().parse::<usize>().map_err(|_| bad()))
         .collect::<Result<_, _>>()?;
+    let side = |s: usize| (1..=max).contains(&s);
     match nums.as_slice() {
-        [s] if *s > 0 => Ok([*s, *s]),
-        [h, w] if *h > 0 && *w > 0 => Ok([*h, *w]),
+        [s] if side(*s) => Ok([*s, *s]),
+        [h, w] if side(*h) && side(*w) => Ok([*h, *w]),
         _ => Err(bad()),
     }
 }
@@ -122,5 +126,6 @@ mod tests {
         assert!(parse_input_size("0").is_err());
         assert!(parse_input_size("axb").is_err());
         assert!(parse_input_size("1x2x3").is_err());
+        assert!(parse_input_size("1000000").is_err());
     }
 }

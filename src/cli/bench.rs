@@ -60,6 +60,15 @@ pub fn run(args: BenchArgs) -> Result<String, CliError> {
             message: "must be >= 1".into(),
         });
     }
+    if args.batch > sknet::train::MAX_BATCH || args.runs > MAX_RUNS || args.warmup > MAX_RUNS {
+        return Err(CliError::Argument {
+            arg: "--batch / --runs / --warmup".into(),
+            message: format!(
+                "at most {} images a batch and {MAX_RUNS} runs",
+                sknet::train::MAX_BATCH
+            ),
+        });
+    }
     let model = SkNet::new(&config, &default_device())?;
     let [h, w] = config.default_input;
     model.check_input(&[args.batch, config.in_channels, h, w])?;
@@ -73,6 +82,9 @@ pub fn run(args: BenchArgs) -> Result<String, CliError> {
         )
     })
 }
+
+/// Most timed (or warm-up) runs.
+const MAX_RUNS: usize = 100_000;
 
 /// One benchmark's figures.
 #[derive(Debug, Clone, Serialize)]

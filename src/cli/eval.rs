@@ -34,6 +34,18 @@ pub struct EvalArgs {
 
 /// The report, as text or JSON.
 pub fn run(args: EvalArgs) -> Result<String, CliError> {
+    let (max_batch, max_workers) = (sknet::train::MAX_BATCH, sknet::train::MAX_WORKERS);
+    for (arg, value, max) in [
+        ("--batch", args.batch, max_batch),
+        ("--workers", args.workers, max_workers),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(CliError::Argument {
+                arg: format!("{arg} {value}"),
+                message: format!("must be within 1..={max}"),
+            });
+        }
+    }
     let device = default_device();
     let loaded = load_weights(&args.weights, &device)?;
     let model = loaded.model.fold_batchnorm();

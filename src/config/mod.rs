@@ -34,6 +34,18 @@ pub enum ConfigError {
         /// Comma-separated preset names.
         known: String,
     },
+    /// The network would be too large to build.
+    #[error("`{network}` would have {parameters} parameters ({gib:.1} GiB as f32); sknet builds at most {max}")]
+    TooLarge {
+        /// The network's name.
+        network: String,
+        /// Its parameter count (BatchNorm statistics included).
+        parameters: u128,
+        /// Their size in GiB.
+        gib: f64,
+        /// The most sknet builds.
+        max: u64,
+    },
     /// A config file could not be read.
     #[error("cannot read config file {path}: {source}")]
     Io {
@@ -56,6 +68,33 @@ fn invalid(field: impl Into<String>, constraint: impl Into<String>) -> ConfigErr
     ConfigError::Invalid {
         field: field.into(),
         constraint: constraint.into(),
+    }
+}
+
+/// Most channels of any layer (input, stem, stage, SK unit, groups, attention).
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Most classifier outputs.
+pub const MAX_CLASSES: usize = 1 << 20;
+/// Most units in one stage.
+pub const MAX_UNITS_PER_STAGE: usize = 1024;
+/// Largest stride of a stage.
+pub const MAX_STRIDE: usize = 16;
+/// Largest input side, as for decoded images.
+pub const MAX_INPUT_SIDE: usize = 16_384;
+/// Largest SK kernel size.
+pub const MAX_KERNEL: usize = 31;
+/// Most SK branches.
+pub const MAX_BRANCHES: usize = 16;
+
+/// `min <= value <= max`, or an error naming `field` and the range.
+fn within(field: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!("must be within {min}..={max}, found {value}"),
+        ))
     }
 }
 
@@ -197,15 +236,11 @@ impl NetworkConfig {
 
     /// Checks that the network can be built; the error names the field and the constraint.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.in_channels == 0 {
-            return Err(invalid("in_channels", "must be >= 1, found 0"));
-        }
-        if self.num_classes == 0 {
-            return Err(invalid("num_classes", "must be >= 1, found 0"));
-        }
-        if self.stem.width() == 0 {
-            return Err(invalid("stem.width", "must be >= 1, found 0"));
-        }
+        within("in_channels", self.in_channels, 1, MAX_CHANNELS)?;
+        within("num_classes", self.num_classes, 1, MAX_CLASSES)?;
+        within("stem.width", self.stem.width(), 1, MAX_CHANNELS)?;
+        within("default_input[0]", self.default_input[0], 1, MAX_INPUT_SIDE)?;
+        within("default_input[1]", self.default_input[1], 1, MAX_INPUT_SIDE)?;
         self.validate_stage_lists()?;
         if self.block == BlockKind::Bottleneck && (self.base_width == 0 || self.cardinality == 0) {
             return Err(invalid(
@@ -213,6 +248,8 @@ impl NetworkConfig {
                 "must both be >= 1 for bottleneck blocks",
             ));
         }
+        within("base_width", self.base_width, 0, MAX_CHANNELS)?;
+        within("cardinality", self.cardinality, 0, MAX_CHANNELS)?;
         if !(self.norm.eps.is_finite() && self.norm.eps > 0.0) {
             return Err(invalid(
                 "norm.eps",
@@ -255,15 +292,14 @@ impl NetworkConfig {
             ));
         }
         for i in 0..n {
-            if self.layers[i] == 0 {
-                return Err(invalid(format!("layers[{i}]"), "must be >= 1, found 0"));
-            }
-            if self.planes[i] == 0 {
-                return Err(invalid(format!("planes[{i}]"), "must be >= 1, found 0"));
-            }
-            if self.strides[i] == 0 {
-                return Err(invalid(format!("strides[{i}]"), "must be >= 1, found 0"));
-            }
+            within(
+                &format!("layers[{i}]"),
+                self.layers[i],
+                1,
+                MAX_UNITS_PER_STAGE,
+            )?;
+            within(&format!("planes[{i}]"), self.planes[i], 1, MAX_CHANNELS)?;
+            within(&format!("strides[{i}]"), self.strides[i], 1, MAX_STRIDE)?;
         }
         Ok(())
     }
@@ -275,6 +311,13 @@ impl NetworkConfig {
         let mut in_ch = self.stem.width();
         for i in 0..n {
             let width = self.sk_width(i);
+            within(
+                &format!("planes[{i}]"),
+                self.stage_channels(i),
+                1,
+                MAX_CHANNELS,
+            )
+            .and(within("the SK unit's width", width, 0, MAX_CHANNELS))?;
             if width == 0 {
                 return Err(invalid(
                     format!("planes[{i}]"),
@@ -432,6 +475,26 @@ mod tests {
         let mut c = base;
         c.norm.momentum = 1.5;
         expect_invalid(&c, "norm.momentum");
+    }
+
+    /// Sizes far beyond any real network are refused by field before anything is allocated.
+    #[test]
+    fn sizes_beyond_the_limits_name_their_field() {
+        let base = presets::by_name("sknet-tiny").unwrap();
+        let cases: [(&str, fn(&mut NetworkConfig)); 7] = [
+            ("num_classes", |c| c.num_classes = 1 << 40),
+            ("planes[0]", |c| c.planes[0] = 1 << 30),
+            ("layers[1]", |c| c.layers[1] = 1 << 20),
+            ("sk.kernel_sizes[1]", |c| c.sk.kernel_sizes[1] = 1001),
+            ("default_input[0]", |c| c.default_input = [1 << 20, 32]),
+            ("strides[2]", |c| c.strides[2] = 1 << 40),
+            ("in_channels", |c| c.in_channels = usize::MAX),
+        ];
+        for (field, change) in cases {
+            let mut c = base.clone();
+            change(&mut c);
+            expect_invalid(&c, field);
+        }
     }
 
     #[test]

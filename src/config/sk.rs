@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, ConfigError};
+use super::{invalid, within, ConfigError, MAX_BRANCHES, MAX_CHANNELS, MAX_KERNEL};
 
 /// How the width `d` of the attention vector z is chosen from the unit's width C.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -179,7 +179,14 @@ impl SkConfig {
                 ),
             ));
         }
+        within(
+            "sk.kernel_sizes (branches)",
+            self.kernel_sizes.len(),
+            2,
+            MAX_BRANCHES,
+        )?;
         for (m, &k) in self.kernel_sizes.iter().enumerate() {
+            within(&format!("sk.kernel_sizes[{m}]"), k, 1, MAX_KERNEL)?;
             if k < 1 || k % 2 == 0 {
                 return Err(invalid(
                     format!("sk.kernel_sizes[{m}]"),
@@ -193,9 +200,7 @@ impl SkConfig {
                 ));
             }
         }
-        if self.groups == 0 {
-            return Err(invalid("sk.groups", "must be >= 1, found 0"));
-        }
+        within("sk.groups", self.groups, 1, MAX_CHANNELS)?;
         match self.attn_width {
             AttnWidth::Paper {
                 reduction,
@@ -204,25 +209,20 @@ impl SkConfig {
                 if reduction == 0 {
                     return Err(invalid("sk.attn_width.reduction", "must be >= 1, found 0"));
                 }
-                if min_width == 0 {
-                    return Err(invalid("sk.attn_width.min_width", "must be >= 1, found 0"));
-                }
+                within("sk.attn_width.reduction", reduction, 1, MAX_CHANNELS)?;
+                within("sk.attn_width.min_width", min_width, 1, MAX_CHANNELS)?;
             }
             AttnWidth::Divisible { ratio, divisor } => {
-                if !(ratio.is_finite() && ratio > 0.0) {
+                if !(ratio.is_finite() && ratio > 0.0 && ratio <= 64.0) {
                     return Err(invalid(
                         "sk.attn_width.ratio",
-                        format!("must be a positive number, found {ratio}"),
+                        format!("must be a number within (0, 64], found {ratio}"),
                     ));
                 }
-                if divisor == 0 {
-                    return Err(invalid("sk.attn_width.divisor", "must be >= 1, found 0"));
-                }
+                within("sk.attn_width.divisor", divisor, 1, MAX_CHANNELS)?;
             }
             AttnWidth::Fixed { width } => {
-                if width == 0 {
-                    return Err(invalid("sk.attn_width.width", "must be >= 1, found 0"));
-                }
+                within("sk.attn_width.width", width, 1, MAX_CHANNELS)?;
             }
         }
         Ok(())

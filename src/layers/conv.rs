@@ -175,12 +175,12 @@ impl Conv2d {
 
     /// Output channels.
     pub fn out_channels(&self) -> usize {
-        self.weight.shape().dims::<4>()[0]
+        self.weight.lazy_shape().dims::<4>()[0]
     }
 
     /// Input channels.
     pub fn in_channels(&self) -> usize {
-        self.weight.shape().dims::<4>()[1] * self.geometry.groups
+        self.weight.lazy_shape().dims::<4>()[1] * self.geometry.groups
     }
 
     /// Applies the convolution.
@@ -230,13 +230,16 @@ impl Sizes for Conv2d {
 
     fn macs(&self, h: usize, w: usize) -> u64 {
         let (oh, ow) = self.out_hw(h, w).unwrap_or((0, 0));
-        let [o, i, kh, kw] = self.weight.shape().dims::<4>();
+        let [o, i, kh, kw] = self.weight.lazy_shape().dims::<4>();
         (oh * ow * o * i * kh * kw) as u64
     }
 
     fn params(&self) -> (usize, usize) {
-        let bias = self.bias.as_ref().map_or(0, |b| b.shape().num_elements());
-        (self.weight.shape().num_elements() + bias, 0)
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.lazy_shape().num_elements());
+        (self.weight.lazy_shape().num_elements() + bias, 0)
     }
 }
 

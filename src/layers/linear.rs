@@ -63,12 +63,12 @@ pub struct Linear {
 impl Linear {
     /// Output features.
     pub fn out_features(&self) -> usize {
-        self.weight.shape().dims::<2>()[0]
+        self.weight.lazy_shape().dims::<2>()[0]
     }
 
     /// Input features.
     pub fn in_features(&self) -> usize {
-        self.weight.shape().dims::<2>()[1]
+        self.weight.lazy_shape().dims::<2>()[1]
     }
 
     /// Applies the layer.
@@ -90,11 +90,14 @@ impl Sizes for Linear {
     }
 
     fn macs(&self, _h: usize, _w: usize) -> u64 {
-        self.weight.shape().num_elements() as u64
+        self.weight.lazy_shape().num_elements() as u64
     }
 
     fn params(&self) -> (usize, usize) {
-        let bias = self.bias.as_ref().map_or(0, |b| b.shape().num_elements());
-        (self.weight.shape().num_elements() + bias, 0)
+        let bias = self
+            .bias
+            .as_ref()
+            .map_or(0, |b| b.lazy_shape().num_elements());
+        (self.weight.lazy_shape().num_elements() + bias, 0)
     }
 }

@@ -86,7 +86,7 @@ pub struct BatchNorm2d {
 impl BatchNorm2d {
     /// Channels.
     pub fn channels(&self) -> usize {
-        self.weight.shape().dims::<1>()[0]
+        self.weight.lazy_shape().dims::<1>()[0]
     }
 
     /// Applies the normalization.

@@ -138,7 +138,7 @@ pub struct SelectiveKernelAttn {
 
 /// Applies a 1x1 conv stored as `[out, in, 1, 1]` to a `[batch, in]` matrix.
 fn pointwise(conv: &Conv2d, x: Tensor<2>) -> Tensor<2> {
-    let [o, i, _, _] = conv.weight.shape().dims::<4>();
+    let [o, i, _, _] = conv.weight.lazy_shape().dims::<4>();
     // `(W x^T)^T`, weights on the left as stored: see `Linear::forward`.
     let y = conv
         .weight

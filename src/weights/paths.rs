@@ -152,7 +152,8 @@ pub fn map_keyed<M: Module, T: KeyedMapper>(module: M, mapper: &mut T) -> M {
     })
 }
 
-/// Lists keys and shapes without touching values (parameters stay lazily uninitialised).
+/// Lists keys and shapes without touching values (parameters stay lazily uninitialised: burn's
+/// visit would initialise them on `shape()`, so the lazy shape is read).
 struct Lister {
     out: Vec<NamedTensor>,
 }
@@ -161,7 +162,7 @@ impl KeyedVisitor for Lister {
     fn visit<const D: usize>(&mut self, path: String, role: TensorRole, param: &Param<Tensor<D>>) {
         self.out.push(NamedTensor {
             path,
-            shape: param.shape().dims::<D>().to_vec(),
+            shape: param.lazy_shape().dims::<D>().to_vec(),
             role,
         });
     }
