@@ -184,6 +184,33 @@ fn resume_from_another_architecture_is_refused() {
 }
 
 #[test]
+fn resume_with_other_data_settings_is_refused_and_temporaries_are_cleaned() {
+    let _guard = serial();
+    let dir = scratch("recipe");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(settings(&data, &out, 2), None, Some(1)).unwrap();
+    let checkpoint = out.join("checkpoint.safetensors");
+    let changes: [(&str, fn(&mut TrainSettings)); 3] = [
+        ("seed", |s| s.seed += 1),
+        ("batch", |s| s.batch += 1),
+        ("val_per_class", |s| s.val_per_class += 1),
+    ];
+    for (field, change) in changes {
+        let mut other = settings(&data, &out, 2);
+        change(&mut other);
+        let err = train(other, Some(&checkpoint), None).unwrap_err();
+        assert!(matches!(err, TrainError::Resume { .. }), "{err}");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+    // A kill during a write leaves a temporary file; the next run removes it.
+    let stale = out.join(".checkpoint.safetensors.tmp-4000000");
+    std::fs::write(&stale, b"half written").unwrap();
+    train(settings(&data, &out, 2), Some(&checkpoint), None).unwrap();
+    assert!(!stale.exists());
+}
+
+#[test]
 fn diverging_loss_stops_and_keeps_the_last_good_checkpoint() {
     let _guard = serial();
     let dir = scratch("nan");

@@ -18,6 +18,7 @@
 //! `metrics.csv`, `metrics.jsonl` and `curves.png`.
 
 mod files;
+pub mod lock;
 mod loss;
 pub mod observer;
 pub mod optim;
@@ -89,6 +90,12 @@ pub enum TrainError {
         epoch: usize,
         /// What went wrong.
         source: crate::eval::EvalError,
+    },
+    /// Another run holds the output folder.
+    #[error("{dir}: another training run is writing to this folder; wait for it, or choose another output folder")]
+    Locked {
+        /// The output folder.
+        dir: String,
     },
     /// A setting outside its valid range.
     #[error("invalid training setting `{field}`: {constraint}")]

@@ -49,6 +49,8 @@ pub struct Trainer {
     /// The epoch whose validation set `best_top1` in this process.
     best_epoch: Option<usize>,
     history: Vec<EpochMetrics>,
+    /// One run per output folder.
+    _lock: super::lock::OutputLock,
 }
 
 /// The running sums of an epoch's training steps.
@@ -87,6 +89,8 @@ impl Trainer {
             path: s.output.display().to_string(),
             source: e,
         })?;
+        let lock = super::lock::OutputLock::take(&s.output)?;
+        super::lock::remove_stale_temporaries(&s.output);
         let inner = crate::device::default_device();
         let device = crate::device::training_device();
         inner.seed(s.seed);
@@ -121,6 +125,7 @@ impl Trainer {
             best_top1: f64::NEG_INFINITY,
             best_epoch: None,
             history,
+            _lock: lock,
         })
     }
 
@@ -149,6 +154,15 @@ impl Trainer {
                 message: format!(
                     "it was made for `{}`, not `{}` (the network configs differ)",
                     state.settings.config.name, self.settings.config.name
+                ),
+            });
+        }
+        if let Some(field) = data_setting_changed(&state.settings, &self.settings) {
+            return Err(TrainError::Resume {
+                path: checkpoint.display().to_string(),
+                message: format!(
+                    "it was made with another `{field}`; resuming continues the run exactly \
+                     only with the data, split, seed, batch and transforms it was made with"
                 ),
             });
         }
@@ -355,9 +369,10 @@ impl Trainer {
     }
 
     /// Writes, in the output folder, `best.safetensors` when the last epoch set the best
-    /// validation accuracy, `last.safetensors`, `checkpoint.safetensors` (for
-    /// [`Trainer::resume`]), `metrics.jsonl`, `metrics.csv` and `curves.png`, in that order,
-    /// each atomically.
+    /// validation accuracy, `last.safetensors`, `metrics.jsonl`, `metrics.csv`, `curves.png`
+    /// and last `checkpoint.safetensors` (for [`Trainer::resume`]), each atomically. The
+    /// checkpoint's rename commits the epoch: a run killed before it resumes from the epoch
+    /// before, whose metrics rows it keeps (later rows are dropped on resume).
     ///
     /// # Errors
     ///
@@ -380,6 +395,7 @@ impl Trainer {
             classes,
             &s.preprocess,
         )?;
+        write_metrics(&s.output, &self.history)?;
         save_checkpoint(
             &s.output.join("checkpoint.safetensors"),
             &valid,
@@ -387,7 +403,6 @@ impl Trainer {
             &self.state(),
             classes,
         )?;
-        write_metrics(&s.output, &self.history)?;
         Ok(())
     }
 
@@ -458,4 +473,23 @@ impl Trainer {
             seed: s.seed,
         }
     }
+}
+
+/// The first setting that decides which images an epoch sees, and how, that differs between
+/// a checkpoint's run and this one. The optimizer's settings may change on resume (a lower
+/// learning rate, say); these may not.
+fn data_setting_changed(then: &TrainSettings, now: &TrainSettings) -> Option<&'static str> {
+    let same_transform = serde_json::to_value(&then.preprocess).ok()
+        == serde_json::to_value(&now.preprocess).ok()
+        && then.augment == now.augment;
+    [
+        ("data", then.data == now.data),
+        ("val_per_class", then.val_per_class == now.val_per_class),
+        ("seed", then.seed == now.seed),
+        ("batch", then.batch == now.batch),
+        ("augment / preprocess", same_transform),
+    ]
+    .into_iter()
+    .find(|(_, same)| !same)
+    .map(|(field, _)| field)
 }
