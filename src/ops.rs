@@ -379,4 +379,60 @@ mod tests {
         let y = batch_norm_train(x, gamma, beta, 1e-5, Activation::Relu).output;
         assert!(has_nan(y), "batch_norm_train + relu");
     }
+
+    /// The training conv's weight gradient is the same to the bit however the thread pool's
+    /// threads happen to share the work: here one of two threads joins late, after a different
+    /// delay each time, and takes over a different part of the work.
+    #[test]
+    fn conv_weight_gradient_does_not_depend_on_scheduling() {
+        let device = crate::device::training_device();
+        let values = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32)
+                .map(|v| v / (1u32 << 24) as f32 - 0.5)
+                .collect()
+        };
+        let shape_x = [64, 32, 28, 28];
+        let shape_w = [32, 32, 3, 3];
+        let gradient = || {
+            let x = Tensor::<4>::from_data(
+                TensorData::new(values(shape_x.iter().product(), 1), shape_x),
+                &device,
+            );
+            let w = Tensor::<4>::from_data(
+                TensorData::new(values(shape_w.iter().product(), 2), shape_w),
+                &device,
+            )
+            .require_grad();
+            let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+            let y = conv2d(x, w.clone(), None, None, options, Activation::Identity);
+            let grads = y.powi_scalar(2).sum().backward();
+            w.grad(&grads)
+                .unwrap()
+                .into_data()
+                .try_to_vec::<f32>()
+                .unwrap()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        let with_late_thread = |delay_us: u64| {
+            pool.install(|| {
+                rayon::join(
+                    || std::thread::sleep(std::time::Duration::from_micros(delay_us)),
+                    gradient,
+                )
+                .1
+            })
+        };
+        let first = with_late_thread(0);
+        for delay_us in [50, 200, 500, 1000, 2000, 4000, 8000, 16000] {
+            let bits = |g: &[f32]| g.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&with_late_thread(delay_us)) == bits(&first),
+                "gradient differs with the second thread {delay_us} us late"
+            );
+        }
+    }
 }

@@ -108,6 +108,26 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
         .collect()
 }
 
+/// Two runs from scratch with the default thread pool give the same tensors to the bit: no
+/// reduction depends on how threads happen to share the work. The network is wide enough for
+/// the weight-gradient kernel's vector blocks, with several (image, group) tasks per step.
+#[test]
+fn runs_from_scratch_repeat_bit_for_bit() {
+    let _guard = serial();
+    let dir = scratch("repeat");
+    let data = small_dataset(&dir);
+    let mut runs = Vec::new();
+    for run in ["a", "b", "c"] {
+        let mut s = settings(&data, &dir.join(run), 1);
+        s.config.planes = vec![16, 32];
+        s.config.stem = sknet::config::StemConfig::Cifar { width: 16 };
+        s.config.sk.groups = 1;
+        train(s, None, None).unwrap();
+        runs.push(weights(&dir.join(run).join("checkpoint.safetensors")));
+    }
+    assert!(runs[0] == runs[1] && runs[1] == runs[2], "runs differ");
+}
+
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
     let _guard = serial();

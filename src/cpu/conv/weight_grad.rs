@@ -84,15 +84,22 @@ pub(super) fn weight_grad(
         group_out: go,
     };
 
-    let dw_t = (0..plan.batch * groups)
+    // Each part sums a fixed, contiguous run of (image, group) tasks, and the parts are added in
+    // order: the same sums in the same order on every run (rayon's fold would cut the tasks as
+    // its threads happen to steal them, and float sums depend on the order).
+    let tasks = plan.batch * groups;
+    let per_part = tasks
+        .div_ceil(rayon::current_num_threads().clamp(1, tasks.max(1)))
+        .max(1);
+    let partials: Vec<Vec<f32>> = (0..tasks.div_ceil(per_part))
         .into_par_iter()
-        .fold(
-            || Scratch {
+        .map(|part| {
+            let mut scratch = Scratch {
                 phases: Vec::new(),
                 dy_t: vec![0f32; plane * go],
                 dw_t: vec![0f32; w_len],
-            },
-            |mut scratch, task| {
+            };
+            for task in part * per_part..((part + 1) * per_part).min(tasks) {
                 let (n, g) = (task / groups, task % groups);
                 layout.fill(&plan, x.part(n, g, group_input), &mut scratch.phases);
                 // Position-major output gradient: the block's channels are one vector load.
@@ -100,17 +107,17 @@ pub(super) fn weight_grad(
                 super::transpose(dy_g, go, plane, &mut scratch.dy_t);
                 let dw_g = &mut scratch.dw_t[g * entries * go..][..entries * go];
                 group_grad.add(&scratch.phases, &scratch.dy_t, dw_g);
-                scratch
-            },
-        )
-        .map(|scratch| scratch.dw_t)
-        .reduce_with(|mut a, b| {
-            for (a, b) in a.iter_mut().zip(&b) {
-                *a += b;
             }
-            a
+            scratch.dw_t
         })
-        .unwrap_or_else(|| vec![0f32; w_len]);
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut dw_t = partials.next().unwrap_or_else(|| vec![0f32; w_len]);
+    for part in partials {
+        for (a, b) in dw_t.iter_mut().zip(&part) {
+            *a += b;
+        }
+    }
     // [group][entry][o] -> [group][o][entry], which is the weight's layout.
     // SAFETY: the transpositions below write every group's block.
     let mut dw = unsafe { super::output_buffer(w_len) };
