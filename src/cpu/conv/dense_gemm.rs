@@ -4,9 +4,8 @@
 
 use rayon::prelude::*;
 
-use super::direct::{Epilogue, TASKS_PER_THREAD};
 use super::gemm_strided;
-use super::isa::Kernel;
+use super::isa::{Epilogue, Kernel, TASKS_PER_THREAD};
 use super::plan::{PhaseLayout, Plan, SLACK};
 
 /// A dense conv as one GEMM per kernel tap, accumulated: `acc[o][j] += sum over input channels i

@@ -2,11 +2,7 @@
 //! run time) and the direct kernel's inner loops for each: a portable one output channel at a
 //! time, and register-blocked ones that compute [`BLOCK_CHANNELS`] output channels together.
 
-use super::plan::{PhaseLayout, Plan};
-
-/// Outputs of one channel computed together by the portable kernel, in registers, before they
-/// are stored: eight AVX vectors, enough independent chains to hide the FMA latency.
-pub(super) const CHUNK: usize = 64;
+use super::plan::{PhaseLayout, Plan, CHUNK};
 
 /// The portable kernel, one output channel at a time:
 /// `acc[j] = sum over taps t of weights[t] * data[starts[t] + j]`, a chunk at a time (each chunk
@@ -205,3 +201,83 @@ blocked_kernel!(
     avx512, "avx512f", 16,
     _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
 );
+
+/// Tasks the work is cut into at least, per thread, so that threads finish together.
+pub(super) const TASKS_PER_THREAD: usize = 4;
+
+/// What happens to a computed run on its way to the output.
+pub(super) struct Epilogue<'a> {
+    pub(super) plan: &'a Plan,
+    /// The run's row pitch: the phase plane's width.
+    pub(super) width: usize,
+    pub(super) relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Copies a run computed over the phase plane's width into an output plane, dropping the
+    /// extra columns between rows, adding the bias and applying the ReLU if any.
+    pub(super) fn store(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if super::pointwise::available() {
+            // SAFETY: AVX-512 was detected.
+            return unsafe { self.store_avx512(acc, shift, out_plane) };
+        }
+        self.store_any(acc, shift, out_plane)
+    }
+
+    /// [`Self::store`] with AVX-512 vectors, a row's last one masked: the rows of small maps are
+    /// too short for the compiler's vector loops (a 14x14 map's rows went all scalar), which made
+    /// the stores a sizeable cost next to the grouped convs' FMAs.
+    ///
+    /// # Safety
+    /// The CPU supports AVX-512F (the caller checks with [`super::pointwise::available`]). The
+    /// slices' bounds are asserted here.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn store_avx512(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let (out_w, width) = (self.plan.out_w, self.width);
+        let rows = out_plane.len() / out_w.max(1);
+        assert!(out_w <= width && rows * out_w == out_plane.len());
+        assert!(rows == 0 || (rows - 1) * width + out_w <= acc.len());
+        let (shift, zero) = (_mm512_set1_ps(shift), _mm512_setzero_ps());
+        for y in 0..rows {
+            let (src, dst) = (
+                acc.as_ptr().add(y * width),
+                out_plane.as_mut_ptr().add(y * out_w),
+            );
+            let mut x = 0;
+            while x < out_w {
+                let n = (out_w - x).min(16);
+                let mask: __mmask16 = if n == 16 { 0xffff } else { (1 << n) - 1 };
+                let mut v = _mm512_add_ps(_mm512_maskz_loadu_ps(mask, src.add(x)), shift);
+                if self.relu {
+                    // Zero first: a NaN (the second operand) is kept.
+                    v = _mm512_max_ps(zero, v);
+                }
+                _mm512_mask_storeu_ps(dst.add(x), mask, v);
+                x += 16;
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn store_any(&self, acc: &[f32], shift: f32, out_plane: &mut [f32]) {
+        let rows = out_plane
+            .chunks_mut(self.plan.out_w)
+            .zip(acc.chunks(self.width));
+        if self.relu {
+            for (dst, src) in rows {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = crate::cpu::relu(v + shift);
+                }
+            }
+        } else {
+            for (dst, src) in rows {
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v + shift;
+                }
+            }
+        }
+    }
+}

@@ -17,7 +17,7 @@ use burn::tensor::{DType, Tensor};
 use std::sync::{Arc, OnceLock};
 
 use super::direct::direct_conv2d_flex;
-use super::packed_kernel::{pack, run_packed, LANES};
+use super::packed_kernel::{available, pack, run_packed, LANES};
 use super::plan::{conv_output, PhaseLayout, Plan};
 
 /// A conv's weights as the packed kernel reads them, packed on the first call that uses them,
@@ -193,11 +193,6 @@ fn same_tensor(a: &FlexTensor, b: &FlexTensor) -> bool {
         && la.strides() == lb.strides()
         && la.start_offset() == lb.start_offset()
         && std::ptr::eq(a.storage::<f32>(), b.storage::<f32>())
-}
-
-/// Whether this CPU runs the packed kernel.
-pub(crate) fn available() -> bool {
-    super::pointwise::available()
 }
 
 /// Whether a conv of this weight shape (`[out, in / groups, k, k]`) and `groups` is one the

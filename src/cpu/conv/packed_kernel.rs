@@ -13,8 +13,12 @@
 
 use rayon::prelude::*;
 
-use super::packed::available;
 use super::plan::{Images, PhaseLayout, Plan};
+
+/// Whether this CPU runs the packed kernel.
+pub(crate) fn available() -> bool {
+    super::pointwise::available()
+}
 
 /// Output channels in one register: the lanes of an AVX-512 vector.
 pub(super) const LANES: usize = 16;

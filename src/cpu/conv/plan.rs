@@ -6,8 +6,6 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Shape, TensorData};
 
-use super::isa::CHUNK;
-
 /// A conv's geometry: everything the kernels need besides the data.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Plan {
@@ -249,6 +247,10 @@ impl PhaseLayout {
         starts
     }
 }
+
+/// Outputs of one channel computed together by the portable kernel, in registers, before they
+/// are stored: eight AVX vectors, enough independent chains to hide the FMA latency.
+pub(super) const CHUNK: usize = 64;
 
 /// Floats after the last phase channel: room for the whole blocks the kernels compute past the
 /// end of a run (at most 47 with the AVX-512 kernel, 63 with the portable one).
