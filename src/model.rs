@@ -205,20 +205,26 @@ impl SkNet {
             fc: LinearConfig::new(in_ch, config.num_classes).init(device),
             config: config.clone(),
         };
-        // The weights are not allocated until first used: counting them here is free.
-        let parameters: u128 = crate::weights::named_tensors(&model)
+        model.check_parameter_count()?;
+        Ok(model)
+    }
+
+    /// At most [`MAX_PARAMETERS`]. The weights are not allocated until first used: counting
+    /// them from their lazy shapes is free.
+    fn check_parameter_count(&self) -> Result<(), ConfigError> {
+        let parameters: u128 = crate::weights::named_tensors(self)
             .iter()
             .map(|t| t.shape.iter().map(|&d| d as u128).product::<u128>())
             .sum();
         if parameters > MAX_PARAMETERS as u128 {
             return Err(ConfigError::TooLarge {
-                network: config.name.clone(),
+                network: self.config.name.clone(),
                 parameters,
                 gib: parameters as f64 * 4.0 / (1u64 << 30) as f64,
                 max: MAX_PARAMETERS,
             });
         }
-        Ok(model)
+        Ok(())
     }
 
     /// Folds every BatchNorm that follows a convolution into that convolution's weight and bias
