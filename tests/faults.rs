@@ -137,7 +137,7 @@ fn kill_at_random_moments_then_resume_equals_the_uninterrupted_run() {
             "only {kills} kills, {in_writes} of them during a write"
         );
         let mut child = train(&data, &config, &broken, true);
-        let during_write = attempt % 2 == 0;
+        let during_write = attempt.is_multiple_of(2);
         if during_write {
             // The moment the n-th temporary file of the run exists: that output is being
             // written, after the renames of the ones before it (an epoch writes up to six).

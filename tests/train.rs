@@ -211,7 +211,8 @@ fn resume_with_other_data_settings_is_refused_and_temporaries_are_cleaned() {
     let out = dir.join("run");
     train(settings(&data, &out, 2), None, Some(1)).unwrap();
     let checkpoint = out.join("checkpoint.safetensors");
-    let changes: [(&str, fn(&mut TrainSettings)); 3] = [
+    type Change = fn(&mut TrainSettings);
+    let changes: [(&str, Change); 3] = [
         ("seed", |s| s.seed += 1),
         ("batch", |s| s.batch += 1),
         ("val_per_class", |s| s.val_per_class += 1),

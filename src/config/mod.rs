@@ -481,7 +481,8 @@ mod tests {
     #[test]
     fn sizes_beyond_the_limits_name_their_field() {
         let base = presets::by_name("sknet-tiny").unwrap();
-        let cases: [(&str, fn(&mut NetworkConfig)); 7] = [
+        type Change = fn(&mut NetworkConfig);
+        let cases: [(&str, Change); 7] = [
             ("num_classes", |c| c.num_classes = 1 << 40),
             ("planes[0]", |c| c.planes[0] = 1 << 30),
             ("layers[1]", |c| c.layers[1] = 1 << 20),
