@@ -104,6 +104,43 @@ fn poisoned_model(dir: &Path, key: &str, value: f32) -> String {
     path.display().to_string()
 }
 
+/// The shipped model with its preprocessing metadata replaced by `json`.
+fn model_with_preprocess(dir: &Path, json: &str) -> String {
+    let ckpt = Checkpoint::read(Path::new(MODEL)).unwrap();
+    let tensors = ckpt
+        .tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), OutTensor::F32(t.shape.clone(), t.data.clone())))
+        .collect();
+    let mut meta: BTreeMap<String, String> = ckpt.metadata.clone().into_iter().collect();
+    meta.insert("sknet.preprocess".into(), json.into());
+    let path = dir.join("preprocess.safetensors");
+    write_safetensors(&path, tensors, meta).unwrap();
+    path.display().to_string()
+}
+
+/// Class 1: a preprocessing size from a checkpoint's metadata is checked before any image is
+/// resized to it.
+#[test]
+fn preprocessing_metadata_out_of_range() {
+    let dir = scratch("preprocess");
+    let huge = r#"{"size":[1000000000,1000000000],"crop_pct":1.0,"interpolation":"bicubic","mean":[0.5,0.5,0.5],"std":[0.25,0.25,0.25]}"#;
+    let weights = model_with_preprocess(&dir, huge);
+    refused(
+        &["predict", IMAGE, "--weights", &weights],
+        &["sknet.preprocess", "size"],
+    );
+    let zero_std = huge
+        .replace("1000000000,1000000000", "32,32")
+        .replace("0.25,0.25,0.25", "0.25,0.0,0.25");
+    let weights = model_with_preprocess(&dir, &zero_std);
+    refused(
+        &["predict", IMAGE, "--weights", &weights],
+        &["sknet.preprocess", "std"],
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Class 4: non-finite weights are refused by name; loaded anyway, their NaN outputs are an
 /// error, not a confident class or an accuracy.
 #[test]

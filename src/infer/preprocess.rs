@@ -30,6 +30,29 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
+    /// Checks the settings a file may carry: sides within
+    /// [`MAX_INPUT_SIDE`](crate::config::MAX_INPUT_SIDE), `crop_pct` in (0, 1], finite means
+    /// and positive finite standard deviations. The error says which is wrong.
+    pub fn validate(&self) -> Result<(), String> {
+        let max = crate::config::MAX_INPUT_SIDE;
+        if !self.size.iter().all(|s| (1..=max).contains(s)) {
+            return Err(format!(
+                "size {:?}: each side must be within 1..={max}",
+                self.size
+            ));
+        }
+        if !(self.crop_pct.is_finite() && self.crop_pct > 0.0 && self.crop_pct <= 1.0) {
+            return Err(format!("crop_pct {} must be within (0, 1]", self.crop_pct));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return Err(format!("mean {:?} must be finite", self.mean));
+        }
+        if !self.std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(format!("std {:?} must be finite and > 0", self.std));
+        }
+        Ok(())
+    }
+
     /// timm's ImageNet defaults: 224, crop_pct 0.875, bicubic, ImageNet mean and std.
     pub fn imagenet(size: [usize; 2]) -> Self {
         Self {

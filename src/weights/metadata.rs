@@ -51,7 +51,17 @@ pub fn class_names(ckpt: &Checkpoint) -> Result<Option<Vec<String>>, WeightsErro
     read_json(ckpt, META_CLASSES, "a JSON array of strings")
 }
 
-/// The preprocessing stored in the file (sknet-trained weights).
+/// The preprocessing stored in the file (sknet-trained weights), checked
+/// ([`Preprocess::validate`]): its size decides what is allocated for every image.
 pub fn preprocess(ckpt: &Checkpoint) -> Result<Option<Preprocess>, WeightsError> {
-    read_json(ckpt, META_PREPROCESS, "sknet preprocessing settings")
+    let preprocess: Option<Preprocess> =
+        read_json(ckpt, META_PREPROCESS, "sknet preprocessing settings")?;
+    if let Some(p) = &preprocess {
+        p.validate().map_err(|message| WeightsError::Metadata {
+            path: ckpt.path.clone(),
+            key: META_PREPROCESS.into(),
+            message,
+        })?;
+    }
+    Ok(preprocess)
 }
