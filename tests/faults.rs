@@ -2,6 +2,8 @@
 //! writing files too), a second run on the same output folder, an output that cannot be written.
 //! After every fault each file in the output folder loads, and `--resume` continues exactly.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,15 +21,7 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// 3 classes x 10 real images, and a tiny network's config.
 fn setup(dir: &Path) -> (PathBuf, PathBuf) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-mini");
-    let data = dir.join("data");
-    for class in ["airplane", "cat", "ship"] {
-        std::fs::create_dir_all(data.join(class)).unwrap();
-        for i in 0..10 {
-            let name = format!("{i:04}.jpg");
-            std::fs::copy(src.join(class).join(&name), data.join(class).join(&name)).unwrap();
-        }
-    }
+    let data = common::small_dataset(dir);
     let out = Command::new(env!("CARGO_BIN_EXE_sknet"))
         .args(["config", "--arch", "sknet-tiny"])
         .output()

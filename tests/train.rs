@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::small_dataset;
+
 use std::path::{Path, PathBuf};
 
 use sknet::data::augment::Augment;
@@ -25,24 +27,6 @@ fn scratch(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// 3 classes x 10 real images from the shipped subset.
-fn small_dataset(dir: &Path) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/cifar10-mini");
-    let root = dir.join("data");
-    for class in ["airplane", "cat", "ship"] {
-        std::fs::create_dir_all(root.join(class)).unwrap();
-        let mut files: Vec<_> = std::fs::read_dir(src.join(class))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        files.sort();
-        for f in files.iter().take(10) {
-            std::fs::copy(f, root.join(class).join(f.file_name().unwrap())).unwrap();
-        }
-    }
-    root
 }
 
 fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
@@ -106,26 +90,6 @@ fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
         .into_iter()
         .map(|(k, t)| (k, t.data))
         .collect()
-}
-
-/// Two runs from scratch with the default thread pool give the same tensors to the bit: no
-/// reduction depends on how threads happen to share the work. The network is wide enough for
-/// the weight-gradient kernel's vector blocks, with several (image, group) tasks per step.
-#[test]
-fn runs_from_scratch_repeat_bit_for_bit() {
-    let _guard = serial();
-    let dir = scratch("repeat");
-    let data = small_dataset(&dir);
-    let mut runs = Vec::new();
-    for run in ["a", "b", "c"] {
-        let mut s = settings(&data, &dir.join(run), 1);
-        s.config.planes = vec![16, 32];
-        s.config.stem = sknet::config::StemConfig::Cifar { width: 16 };
-        s.config.sk.groups = 1;
-        train(s, None, None).unwrap();
-        runs.push(weights(&dir.join(run).join("checkpoint.safetensors")));
-    }
-    assert!(runs[0] == runs[1] && runs[1] == runs[2], "runs differ");
 }
 
 #[test]

@@ -170,27 +170,19 @@ impl SkConfig {
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if self.kernel_sizes.len() < 2 {
+        let branches = self.kernel_sizes.len();
+        if !(2..=MAX_BRANCHES).contains(&branches) {
             return Err(invalid(
                 "sk.kernel_sizes",
-                format!(
-                    "needs at least 2 branches (M >= 2), found {}",
-                    self.kernel_sizes.len()
-                ),
+                format!("needs 2 to {MAX_BRANCHES} branches (M >= 2), found {branches}"),
             ));
         }
-        within(
-            "sk.kernel_sizes (branches)",
-            self.kernel_sizes.len(),
-            2,
-            MAX_BRANCHES,
-        )?;
         for (m, &k) in self.kernel_sizes.iter().enumerate() {
             within(&format!("sk.kernel_sizes[{m}]"), k, 1, MAX_KERNEL)?;
-            if k < 1 || k % 2 == 0 {
+            if k % 2 == 0 {
                 return Err(invalid(
                     format!("sk.kernel_sizes[{m}]"),
-                    format!("must be an odd size >= 1, found {k}"),
+                    format!("must be an odd size, found {k}"),
                 ));
             }
             if self.dilated_3x3 && k < 3 {
@@ -206,9 +198,6 @@ impl SkConfig {
                 reduction,
                 min_width,
             } => {
-                if reduction == 0 {
-                    return Err(invalid("sk.attn_width.reduction", "must be >= 1, found 0"));
-                }
                 within("sk.attn_width.reduction", reduction, 1, MAX_CHANNELS)?;
                 within("sk.attn_width.min_width", min_width, 1, MAX_CHANNELS)?;
             }

@@ -78,8 +78,8 @@ impl Dataset {
 
     fn open_image_folder(root: &Path) -> Result<Self, DataError> {
         let mut classes = Vec::new();
-        for path in entries(root)? {
-            if !path.is_dir() {
+        for (path, meta) in entries(root)? {
+            if !meta.is_dir() {
                 continue;
             }
             let name = path.file_name().unwrap_or_default();
@@ -104,7 +104,7 @@ impl Dataset {
         for (label, class) in classes.iter().enumerate() {
             let dir = root.join(class);
             let mut files: Vec<PathBuf> = Vec::new();
-            for path in entries(&dir)? {
+            for (path, meta) in entries(&dir)? {
                 let is_image = path
                     .extension()
                     .and_then(|x| x.to_str())
@@ -113,8 +113,9 @@ impl Dataset {
                     continue;
                 }
                 // Only regular files: a FIFO would block a loader thread for good.
-                crate::files::regular_file_len(&path, u64::MAX)
-                    .map_err(|e| invalid(&path, e.to_string()))?;
+                if !meta.is_file() {
+                    return Err(invalid(&path, "not a regular file"));
+                }
                 files.push(path);
             }
             if files.is_empty() {
@@ -300,14 +301,15 @@ impl Dataset {
     }
 }
 
-/// The entries of folder `dir`; one that cannot be examined (a symlink loop, a dangling link) is
-/// an error naming it, not a silent gap in the dataset.
-fn entries(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+/// The entries of folder `dir` with their metadata (symlinks followed); one that cannot be
+/// examined (a symlink loop, a dangling link) is an error naming it, not a silent gap in the
+/// dataset.
+fn entries(dir: &Path) -> Result<Vec<(PathBuf, std::fs::Metadata)>, DataError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(|e| invalid(dir, e.to_string()))? {
         let path = entry.map_err(|e| invalid(dir, e.to_string()))?.path();
-        std::fs::metadata(&path).map_err(|e| invalid(&path, e.to_string()))?;
-        out.push(path);
+        let meta = std::fs::metadata(&path).map_err(|e| invalid(&path, e.to_string()))?;
+        out.push((path, meta));
     }
     Ok(out)
 }

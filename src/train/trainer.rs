@@ -479,9 +479,7 @@ impl Trainer {
 /// a checkpoint's run and this one. The optimizer's settings may change on resume (a lower
 /// learning rate, say); these may not.
 fn data_setting_changed(then: &TrainSettings, now: &TrainSettings) -> Option<&'static str> {
-    let same_transform = serde_json::to_value(&then.preprocess).ok()
-        == serde_json::to_value(&now.preprocess).ok()
-        && then.augment == now.augment;
+    let same_transform = then.preprocess == now.preprocess && then.augment == now.augment;
     [
         ("data", then.data == now.data),
         ("val_per_class", then.val_per_class == now.val_per_class),

@@ -31,7 +31,7 @@
 //! [`super::isa`]'s, the dense GEMM paths [`super::dense_gemm`]'s.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::ops::{ActivationOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, Backend, Dispatch, Flex};
 use burn::tensor::ops::ConvOptions;
@@ -99,7 +99,11 @@ impl DirectConvOps for Flex {
         });
         let Some(plan) = fused else {
             let out = direct_conv2d_flex(x, weight, Some(bias), options, false);
-            return <Flex as crate::cpu::add_relu::AddReluOps>::add_relu(out, residual);
+            if f32s && out.layout().shape() == residual.layout().shape() {
+                return <Flex as crate::cpu::add_relu::AddReluOps>::add_relu(out, residual);
+            }
+            // Another dtype or a broadcast residual: burn's ops, with their rules.
+            return Flex::relu(Flex::float_add(out, residual));
         };
         let (weight, residual) = (weight.to_contiguous(), residual.to_contiguous());
         // SAFETY: the 1x1 kernel writes every output element.
