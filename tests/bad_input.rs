@@ -277,6 +277,32 @@ fn sizes_taken_from_outside() {
         ],
         &["GiB", "smaller batch"],
     );
+    // A sparse CIFAR binary whose length claims 2^27 + 1 records (412 GB).
+    let sparse = dir.join("cifar");
+    std::fs::create_dir_all(&sparse).unwrap();
+    std::fs::File::create(sparse.join("data_batch_1.bin"))
+        .unwrap()
+        .set_len(((1u64 << 27) + 1) * 3073)
+        .unwrap();
+    refused(
+        &[
+            "eval",
+            "--weights",
+            MODEL,
+            "--data",
+            sparse.to_str().unwrap(),
+        ],
+        &["data_batch_1.bin", "CIFAR records"],
+    );
+    // A 32 KiB .pth whose deflated entry expands to 32 MiB.
+    let bomb = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/corpus/checkpoint/zip_bomb.pth"
+    );
+    refused(
+        &["predict", "--weights", bomb, IMAGE],
+        &["zip_bomb.pth", "fc.weight", "33554432 bytes"],
+    );
     let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/cifar10-mini");
     refused(
         &[

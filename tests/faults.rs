@@ -1,5 +1,6 @@
 //! Faults during training, through the binary: kill -9 at random moments (in the middle of
-//! writing files too), a second run on the same output folder, an output that cannot be written.
+//! writing files too), a second run on the same output folder, an output that cannot be written,
+//! a disk that fills up.
 //! After every fault each file in the output folder loads, and `--resume` continues exactly.
 
 mod common;
@@ -181,9 +182,11 @@ fn assert_same_run(broken: &Path, whole: &Path) {
         tensors(&whole.join("checkpoint.safetensors")),
         "resumed after kills, the run differs from the uninterrupted one"
     );
+    // Weights files hold no path or time, so they repeat byte for byte.
     assert_eq!(
-        tensors(&broken.join("best.safetensors")),
-        tensors(&whole.join("best.safetensors"))
+        std::fs::read(broken.join("best.safetensors")).unwrap(),
+        std::fs::read(whole.join("best.safetensors")).unwrap(),
+        "best.safetensors differs byte-wise from the uninterrupted run's"
     );
     let epochs: Vec<u64> = std::fs::read_to_string(broken.join("metrics.jsonl"))
         .unwrap()
@@ -237,5 +240,89 @@ fn an_output_that_cannot_be_written_is_refused_before_training() {
         "the error came after training: {err}"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A tmpfs of a given size, unmounted on drop.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` where this process may not mount (not root).
+    fn mount(path: &Path, bytes: u64) -> Option<Self> {
+        std::fs::create_dir_all(path).unwrap();
+        let size = format!("size={bytes}");
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &size, "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| Self(path.to_path_buf()))
+    }
+
+    fn resize(&self, bytes: u64) {
+        let options = format!("remount,size={bytes}");
+        let status = Command::new("mount")
+            .args(["-o", &options])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Bytes a folder's files take on a tmpfs: whole pages.
+fn footprint(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len().next_multiple_of(4096))
+        .sum()
+}
+
+#[test]
+fn a_full_disk_stops_the_run_cleanly_and_resume_continues_exactly() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = scratch("full");
+    let (data, config) = setup(&dir);
+    let whole = dir.join("whole");
+    let (code, err) = finish(train(&data, &config, &whole, false));
+    assert_eq!(code, 0, "{err}");
+    // Room for one epoch's files, but not for a second checkpoint beside the first: the first
+    // epoch completes, and a write of the second finds the disk full.
+    let checkpoint = std::fs::metadata(whole.join("checkpoint.safetensors"))
+        .unwrap()
+        .len();
+    let room = footprint(&whole) + checkpoint / 2;
+    let out = dir.join("disk");
+    let Some(disk) = SmallDisk::mount(&out, room) else {
+        panic!("root could not mount a tmpfs at {}", out.display());
+    };
+    let (code, err) = finish(train(&data, &config, &out, false));
+    assert_ne!(code, 0, "the run succeeded on a full disk: {err}");
+    assert_ne!(code, 70, "the full disk made sknet panic: {err}");
+    assert!(
+        err.contains("No space left on device") && err.contains(&out.display().to_string()),
+        "{err}"
+    );
+    assert_files_whole(&out);
+    assert!(temporaries(&out).is_empty(), "{:?}", temporaries(&out));
+    let state = Checkpoint::read(&out.join("checkpoint.safetensors")).unwrap();
+    let epoch: serde_json::Value =
+        serde_json::from_str(&state.metadata[sknet::weights::metadata::META_STATE]).unwrap();
+    assert_eq!(epoch["epoch"], 1, "the run should stop in its second epoch");
+
+    disk.resize(64 << 20);
+    let (code, err) = finish(train(&data, &config, &out, true));
+    assert_eq!(code, 0, "{err}");
+    assert_same_run(&out, &whole);
+    drop(disk);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -134,8 +134,10 @@ pub fn bench(
     let mut times = Vec::with_capacity(runs);
     if train {
         let device = sknet::device::training_device();
-        let mut model =
-            sknet::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0);
+        let mut model = sknet::weights::seeded_init(
+            SkNet::new(config, &device).expect("run() built it once already"),
+            0,
+        );
         let mut sgd = Sgd::new(SgdConfig {
             momentum: 0.9,
             nesterov: false,
@@ -162,9 +164,11 @@ pub fn bench(
     } else {
         let device = sknet::device::default_device();
         // Inference runs the BN-folded network, as `sknet predict` and `sknet eval` do.
-        let model =
-            sknet::weights::seeded_init(SkNet::new(config, &device).expect("valid config"), 0)
-                .fold_batchnorm();
+        let model = sknet::weights::seeded_init(
+            SkNet::new(config, &device).expect("run() built it once already"),
+            0,
+        )
+        .fold_batchnorm();
         let x = Tensor::<4>::random(
             [batch, config.in_channels, h, w],
             Distribution::Normal(0.0, 1.0),

@@ -434,6 +434,18 @@ mod tests {
         }
     }
 
+    /// Floats survive JSON exactly (checkpoints store their config as JSON, and `--resume`
+    /// compares it): without serde_json's `float_roundtrip`, this eps came back 1 ulp off.
+    #[test]
+    fn floats_round_trip_through_json_to_the_bit() {
+        let mut c = presets::by_name("skresnet34").unwrap();
+        for eps in [2.049638230412172e-92, 1e-5, 0.1 + 0.2, f64::MIN_POSITIVE] {
+            c.norm.eps = eps;
+            let back: NetworkConfig = serde_json::from_str(&c.to_json()).unwrap();
+            assert_eq!(back.norm.eps.to_bits(), eps.to_bits(), "{eps:e}");
+        }
+    }
+
     fn expect_invalid(c: &NetworkConfig, field: &str) {
         match c.validate() {
             Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field),

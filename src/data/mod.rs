@@ -57,6 +57,10 @@ pub struct Dataset {
     files: Vec<Arc<File>>,
 }
 
+/// Most images a dataset may hold (ImageNet-21k has 14 million): CIFAR record counts come from
+/// file lengths, which a sparse file can make anything.
+pub const MAX_DATASET_IMAGES: u64 = 1 << 27;
+
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
 impl Dataset {
@@ -198,8 +202,17 @@ impl Dataset {
                     format!("{len} bytes is not a whole number of {record}-byte CIFAR records"),
                 ));
             }
+            let records = len / record;
+            if items.len() as u64 + records > MAX_DATASET_IMAGES {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "{records} CIFAR records take the dataset past {MAX_DATASET_IMAGES} images"
+                    ),
+                ));
+            }
             let mut labels = vec![0u8; label_bytes];
-            for r in 0..len / record {
+            for r in 0..records {
                 file.read_exact_at(&mut labels, r * record)
                     .map_err(|e| invalid(path, e.to_string()))?;
                 let label = labels[label_bytes - 1] as usize;

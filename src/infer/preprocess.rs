@@ -6,7 +6,7 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::resize::{crop, resize, Filter, Rgb8};
+use super::resize::{resize_window, Filter, Rgb8};
 use super::InferError;
 
 /// Largest image side decoded.
@@ -86,13 +86,24 @@ impl Preprocess {
         } else {
             ((scale as f64 * w as f64 / h as f64) as usize, scale)
         };
-        let resized = resize(img, nw.max(1), nh.max(1), self.interpolation);
+        let (nw, nh) = (nw.max(1), nh.max(1));
         // torchvision CenterCrop: zero-pad a side smaller than the crop, then take offsets
-        // int(round((size - crop) / 2)), rounding half to even.
-        let resized = pad_to(resized, cw, ch);
-        let top = round_half_even((resized.height - ch) as f64 / 2.0);
-        let left = round_half_even((resized.width - cw) as f64 / 2.0);
-        crop(&resized, left, top, cw, ch)
+        // int(round((size - crop) / 2)), rounding half to even. Only the crop is resized.
+        let window = |resized: usize, crop: usize| {
+            if resized <= crop {
+                0..resized
+            } else {
+                let start = round_half_even((resized - crop) as f64 / 2.0);
+                start..start + crop
+            }
+        };
+        let cropped = resize_window(
+            img,
+            [nw, nh],
+            [window(nw, cw), window(nh, ch)],
+            self.interpolation,
+        );
+        pad_to(cropped, cw, ch)
     }
 
     /// The normalized `[3, H, W]` values of a cropped image.
@@ -194,6 +205,65 @@ pub fn load_image(path: &Path) -> Result<Rgb8, InferError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pattern(width: usize, height: usize) -> Rgb8 {
+        let data = (0..width * height * 3)
+            .map(|i| ((i * 37) ^ (i >> 3)) as u8)
+            .collect();
+        Rgb8 {
+            width,
+            height,
+            data,
+        }
+    }
+
+    /// Resizing only the crop window gives torchvision's resize, then center crop (with zero
+    /// padding where the resized image is smaller), byte for byte.
+    #[test]
+    fn windowed_resize_equals_resize_then_crop() {
+        use super::super::resize::{crop, resize};
+        for (w, h) in [(50, 40), (40, 50), (7, 90), (224, 224), (3, 2), (300, 1)] {
+            for (size, crop_pct) in [([32, 32], 0.875), ([24, 40], 1.0), ([64, 16], 0.9)] {
+                for interpolation in [Filter::Bicubic, Filter::Bilinear] {
+                    let p = Preprocess {
+                        size,
+                        crop_pct,
+                        interpolation,
+                        ..Preprocess::imagenet(size)
+                    };
+                    let img = pattern(w, h);
+                    let [ch, cw] = size;
+                    let scale = ((ch.max(cw) as f64) / crop_pct).floor() as usize;
+                    let (nw, nh) = if w <= h {
+                        (scale, (scale as f64 * h as f64 / w as f64) as usize)
+                    } else {
+                        ((scale as f64 * w as f64 / h as f64) as usize, scale)
+                    };
+                    let whole = pad_to(resize(&img, nw.max(1), nh.max(1), interpolation), cw, ch);
+                    let top = round_half_even((whole.height - ch) as f64 / 2.0);
+                    let left = round_half_even((whole.width - cw) as f64 / 2.0);
+                    let want = crop(&whole, left, top, cw, ch);
+                    assert_eq!(
+                        p.resize_crop(&img),
+                        want,
+                        "{w}x{h} to {size:?} at {crop_pct}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// An extreme aspect ratio costs the crop: a 1 x 16384 image resized to a short side of
+    /// 256 would be 4 million rows (3 GiB) before the crop.
+    #[test]
+    fn a_thin_image_is_cropped_without_its_resized_size() {
+        let img = pattern(1, 16_384);
+        let out = Preprocess::imagenet([224, 224]).resize_crop(&img);
+        assert_eq!(
+            (out.width, out.height, out.data.len()),
+            (224, 224, 224 * 224 * 3)
+        );
+    }
 
     #[test]
     fn python_rounding() {

@@ -4,6 +4,8 @@
 //! timm's eval transform resizes with it (PIL bicubic), so matching it bit for bit makes sknet's
 //! preprocessing equal timm's.
 
+use std::ops::Range;
+
 /// Pillow's fixed-point precision for 8-bit images.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
@@ -49,22 +51,25 @@ impl Filter {
     }
 }
 
-/// Per output pixel: first input index and fixed-point weights.
+/// Per output pixel of a window: first input index and fixed-point weights.
 struct Coeffs {
     bounds: Vec<(usize, usize)>,
     ksize: usize,
     weights: Vec<i32>,
 }
 
-fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
+/// The coefficients of output pixels `window` of a resize from `in_size` to `out_size`. Each
+/// output pixel's coefficients depend on its index alone, so a window gives the same values as
+/// the whole row.
+fn coefficients(in_size: usize, out_size: usize, window: Range<usize>, filter: Filter) -> Coeffs {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filter.support() * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
-    let mut bounds = Vec::with_capacity(out_size);
-    let mut weights = vec![0i32; out_size * ksize];
+    let mut bounds = Vec::with_capacity(window.len());
+    let mut weights = vec![0i32; window.len() * ksize];
     let mut k = vec![0f64; ksize];
-    for xx in 0..out_size {
+    for (i, xx) in window.enumerate() {
         let center = (xx as f64 + 0.5) * scale;
         let ss = 1.0 / filterscale;
         // C's (int) truncates toward zero.
@@ -80,7 +85,7 @@ fn coefficients(in_size: usize, out_size: usize, filter: Filter) -> Coeffs {
         for (x, kx) in k.iter().enumerate().take(n) {
             let w = if ww != 0.0 { kx / ww } else { *kx };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            weights[xx * ksize + x] = if w < 0.0 {
+            weights[i * ksize + x] = if w < 0.0 {
                 (-0.5 + fixed) as i32
             } else {
                 (0.5 + fixed) as i32
@@ -111,8 +116,10 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
-fn horizontal(src: &Rgb8, out_w: usize, filter: Filter) -> Rgb8 {
-    let c = coefficients(src.width, out_w, filter);
+/// Columns `window` of a horizontal resize to `out_w`.
+fn horizontal(src: &Rgb8, out_w: usize, window: Range<usize>, filter: Filter) -> Rgb8 {
+    let c = coefficients(src.width, out_w, window.clone(), filter);
+    let out_w = window.len();
     let mut data = vec![0u8; src.height * out_w * 3];
     for y in 0..src.height {
         let row = &src.data[y * src.width * 3..(y + 1) * src.width * 3];
@@ -134,8 +141,10 @@ fn horizontal(src: &Rgb8, out_w: usize, filter: Filter) -> Rgb8 {
     }
 }
 
-fn vertical(src: &Rgb8, out_h: usize, filter: Filter) -> Rgb8 {
-    let c = coefficients(src.height, out_h, filter);
+/// Rows `window` of a vertical resize to `out_h`.
+fn vertical(src: &Rgb8, out_h: usize, window: Range<usize>, filter: Filter) -> Rgb8 {
+    let c = coefficients(src.height, out_h, window.clone(), filter);
+    let out_h = window.len();
     let w = src.width;
     let mut data = vec![0u8; out_h * w * 3];
     for (yy, &(ymin, n)) in c.bounds.iter().enumerate() {
@@ -158,14 +167,31 @@ fn vertical(src: &Rgb8, out_h: usize, filter: Filter) -> Rgb8 {
 /// Resizes like Pillow's `Image.resize((out_w, out_h), filter)`: horizontal pass first, each
 /// pass skipped when its size does not change.
 pub fn resize(src: &Rgb8, out_w: usize, out_h: usize, filter: Filter) -> Rgb8 {
-    let mut img = src.clone();
-    if out_w != img.width {
-        img = horizontal(&img, out_w, filter);
-    }
+    resize_window(src, [out_w, out_h], [0..out_w, 0..out_h], filter)
+}
+
+/// The `[columns, rows]` window of `resize(src, size[0], size[1], filter)`, computed without
+/// the rest: a resize-then-crop costs its crop, not its resized size (a 1x16384 image resized
+/// to a short side of 256 would be 4 million rows).
+pub fn resize_window(
+    src: &Rgb8,
+    size: [usize; 2],
+    window: [Range<usize>; 2],
+    filter: Filter,
+) -> Rgb8 {
+    let [out_w, out_h] = size;
+    let [columns, rows] = window;
+    debug_assert!(columns.end <= out_w && rows.end <= out_h);
+    let img = if out_w != src.width {
+        horizontal(src, out_w, columns, filter)
+    } else {
+        crop(src, columns.start, 0, columns.len(), src.height)
+    };
     if out_h != img.height {
-        img = vertical(&img, out_h, filter);
+        vertical(&img, out_h, rows, filter)
+    } else {
+        crop(&img, 0, rows.start, img.width, rows.len())
     }
-    img
 }
 
 /// Crops `(left, top, width, height)`.

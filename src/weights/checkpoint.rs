@@ -9,12 +9,16 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 use thiserror::Error;
 
 /// Largest checkpoint file read (a 101-layer SKNet in f32 is about 200 MB).
 pub const MAX_CHECKPOINT_BYTES: u64 = 4 << 30;
+
+/// How many times its own length a PyTorch file's tensors may take. `torch.save` stores its
+/// entries uncompressed, so only storages shared between tensors make them larger than the file.
+pub const MAX_PYTORCH_EXPANSION: u64 = 16;
 
 /// Errors of checkpoint files and weight loading.
 #[derive(Debug, Error)]
@@ -246,7 +250,7 @@ impl Checkpoint {
         let pytorch = !is_safetensors_start(head, len)
             && (head.starts_with(b"PK") || head.first() == Some(&0x80));
         let mut ckpt = if pytorch {
-            Self::read_pytorch(path)?
+            Self::read_pytorch(path, len)?
         } else {
             Self::read_safetensors(path)?
         };
@@ -295,8 +299,16 @@ impl Checkpoint {
         Ok(ckpt)
     }
 
-    fn read_pytorch(path: &Path) -> Result<Self, WeightsError> {
+    /// Reads a PyTorch file of `file_len` bytes. Its tensors may hold at most
+    /// [`MAX_PYTORCH_EXPANSION`] times that many bytes (and [`MAX_CHECKPOINT_BYTES`] in all),
+    /// checked from their shapes before any is read: a compressed zip entry cannot make a small
+    /// file claim gigabytes.
+    fn read_pytorch(path: &Path, file_len: u64) -> Result<Self, WeightsError> {
         use pytorch_reader::{DType, PytorchReader};
+        let budget = file_len
+            .saturating_mul(MAX_PYTORCH_EXPANSION)
+            .min(MAX_CHECKPOINT_BYTES);
+        let mut claimed: u64 = 0;
         let reader = PytorchReader::new(path)
             .map_err(|e| format_err(path, format!("PyTorch checkpoint: {e}")))?;
         let mut ckpt = Checkpoint {
@@ -314,11 +326,34 @@ impl Checkpoint {
                     continue;
                 }
             };
+            let elements = t
+                .shape()
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            let bytes = elements.and_then(|n| n.checked_mul(t.dtype().size() as u64));
+            claimed = match bytes.and_then(|b| claimed.checked_add(b)) {
+                Some(total) if total <= budget => total,
+                total => {
+                    let needed = total.map_or("over 2^64".into(), |t| t.to_string());
+                    return Err(format_err(
+                        path,
+                        format!(
+                            "tensor `{name}` of shape {:?} brings the tensors to {needed} bytes, \
+                             above the {budget} allowed for this file ({MAX_PYTORCH_EXPANSION} \
+                             times its {file_len} bytes, and {} GiB at most): a compressed or \
+                             corrupt archive",
+                            t.shape(),
+                            MAX_CHECKPOINT_BYTES >> 30
+                        ),
+                    ));
+                }
+            };
             let bytes = t
                 .read()
                 .map_err(|e| format_err(path, format!("tensor `{name}`: {e}")))?;
-            let data = floats_from_le(&bytes, dtype).expect("float dtype");
-            if data.len() != t.shape().iter().product::<usize>() {
+            let data = floats_from_le(&bytes, dtype)
+                .ok_or_else(|| format_err(path, format!("tensor `{name}`: not floating point")))?;
+            if Some(data.len() as u64) != elements {
                 return Err(format_err(
                     path,
                     format!(
@@ -366,35 +401,71 @@ pub enum OutTensor {
 }
 
 /// Writes a safetensors file atomically: a temporary file beside it, then a rename.
+///
+/// The same tensors and metadata always give the same bytes. `safetensors::serialize` takes
+/// the metadata as a `HashMap`, whose order changes from run to run, so the header is composed
+/// here instead: metadata keys sorted, the 8-byte int64 tensors first so that every tensor
+/// stays aligned to its element size (as `safetensors::serialize` orders them), then the rest in
+/// the order given, and the header padded with spaces to a multiple of 8 bytes. The reader's tests read it back with the
+/// `safetensors` crate.
 pub fn write_safetensors(
     path: &Path,
     tensors: Vec<(String, OutTensor)>,
     metadata: BTreeMap<String, String>,
 ) -> Result<(), WeightsError> {
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>, Dtype)> = tensors
+    let mut header = serde_json::Map::new();
+    if !metadata.is_empty() {
+        let meta = metadata
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+    }
+    let (int64, f32s): (Vec<_>, Vec<_>) = tensors
         .into_iter()
-        .map(|(k, t)| match t {
-            OutTensor::F32(shape, data) => (
-                k,
-                data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-                shape,
-                Dtype::F32,
-            ),
-            OutTensor::I64Zero => (k, 0i64.to_le_bytes().to_vec(), vec![], Dtype::I64),
-        })
-        .collect();
-    let views = bytes
-        .iter()
-        .map(|(k, b, shape, dtype)| {
-            TensorView::new(*dtype, shape.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| format_err(path, format!("tensor `{k}`: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let meta: std::collections::HashMap<String, String> = metadata.into_iter().collect();
-    let data = safetensors::serialize(views, Some(meta))
-        .map_err(|e| format_err(path, format!("serialize: {e}")))?;
-    write_atomic(path, &data)
+        .partition(|(_, t)| matches!(t, OutTensor::I64Zero));
+    let mut data = Vec::new();
+    for (key, tensor) in int64.into_iter().chain(f32s) {
+        if header.contains_key(&key) {
+            return Err(format_err(path, format!("tensor `{key}` is given twice")));
+        }
+        let start = data.len();
+        let (dtype, shape) = match tensor {
+            OutTensor::F32(shape, values) => {
+                if shape.iter().product::<usize>() != values.len() {
+                    return Err(format_err(
+                        path,
+                        format!(
+                            "tensor `{key}`: {} values for shape {shape:?}",
+                            values.len()
+                        ),
+                    ));
+                }
+                data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+                ("F32", shape)
+            }
+            OutTensor::I64Zero => {
+                data.extend(0i64.to_le_bytes());
+                ("I64", vec![])
+            }
+        };
+        header.insert(
+            key,
+            serde_json::json!({
+                "dtype": dtype,
+                "shape": shape,
+                "data_offsets": [start, data.len()],
+            }),
+        );
+    }
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| format_err(path, format!("header: {e}")))?;
+    head.resize(head.len().next_multiple_of(8), b' ');
+    let mut file = Vec::with_capacity(8 + head.len() + data.len());
+    file.extend((head.len() as u64).to_le_bytes());
+    file.extend(head);
+    file.extend(data);
+    write_atomic(path, &file)
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder and a rename, so that
@@ -447,6 +518,47 @@ mod tests {
             found.push(first);
         }
         assert!(found.contains(&0x80) && found.contains(&b'P'), "{found:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The same tensors and metadata give the same bytes (a `HashMap` header did not), and the
+    /// `safetensors` crate reads them back: values, shapes, the int64 scalar and the metadata.
+    #[test]
+    fn written_files_are_byte_identical_and_readable() {
+        let dir = std::env::temp_dir().join(format!("sknet-bytes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str| {
+            let tensors = vec![
+                (
+                    "a".to_string(),
+                    OutTensor::F32(vec![3], vec![1.0, -2.0, 3.5]),
+                ),
+                ("b.num_batches_tracked".to_string(), OutTensor::I64Zero),
+                ("c".to_string(), OutTensor::F32(vec![1, 2], vec![0.25, 4.0])),
+            ];
+            let meta = (0..12)
+                .map(|i| (format!("key{i}"), format!("value {i}")))
+                .collect();
+            let path = dir.join(name);
+            write_safetensors(&path, tensors, meta).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let (first, second) = (write("1.safetensors"), write("2.safetensors"));
+        assert_eq!(first, second);
+        let st = SafeTensors::deserialize(&first).unwrap();
+        let c = st.tensor("c").unwrap();
+        assert_eq!((c.dtype(), c.shape()), (Dtype::F32, &[1usize, 2][..]));
+        assert_eq!(
+            floats_from_le(c.data(), Dtype::F32).unwrap(),
+            vec![0.25, 4.0]
+        );
+        let n = st.tensor("b.num_batches_tracked").unwrap();
+        assert_eq!((n.dtype(), n.data()), (Dtype::I64, &[0u8; 8][..]));
+        let (_, header) = SafeTensors::read_metadata(&first).unwrap();
+        let meta = header.metadata().clone().unwrap();
+        assert_eq!((meta.len(), meta["key7"].as_str()), (12, "value 7"));
+        let ckpt = Checkpoint::read(&dir.join("1.safetensors")).unwrap();
+        assert_eq!(ckpt.tensors["a"].data, vec![1.0, -2.0, 3.5]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
