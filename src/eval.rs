@@ -12,6 +12,7 @@ use crate::data::loader::{Loader, LoaderConfig, SkippedImage};
 use crate::data::Dataset;
 use crate::infer::Preprocess;
 use crate::model::SkNet;
+use crate::ops::values_f32;
 
 /// Why an evaluation has no meaningful result.
 #[derive(Debug, Error, PartialEq)]
@@ -95,6 +96,7 @@ pub fn evaluate(
             augment: Augment::None,
             eval: pre.clone(),
             seed: 0,
+            enlarge: None,
         },
         0,
     );
@@ -107,11 +109,7 @@ pub fn evaluate(
             continue;
         }
         let x = Tensor::<4>::from_data(TensorData::new(b.pixels, [m, 3, h, w]), device);
-        let logp = log_softmax(model.forward(x), 1)
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("converted to f32");
+        let logp = values_f32(log_softmax(model.forward(x), 1));
         for (i, &label) in b.labels.iter().enumerate() {
             let target = label_map[label];
             let row = &logp[i * k..(i + 1) * k];

@@ -47,6 +47,7 @@
 //! # Ok::<(), sknet::weights::WeightsError>(())
 //! ```
 
+pub mod attention;
 pub mod blocks;
 pub mod config;
 mod cpu;
@@ -58,6 +59,7 @@ pub mod infer;
 pub mod layers;
 pub mod model;
 pub mod ops;
+pub mod plot;
 pub mod presets;
 pub mod sizes;
 pub mod summary;
@@ -65,7 +67,7 @@ pub mod train;
 pub mod weights;
 
 pub use config::{ConfigError, NetworkConfig, SkConfig};
-pub use layers::{SelectiveKernel, SelectiveKernelConfig};
+pub use layers::{Selection, SelectiveKernel, SelectiveKernelConfig};
 pub use model::{InputError, SkNet};
 pub use sizes::Sizes;
 pub use weights::{load_pretrained, LoadOptions, Pretrained, WeightsError};

@@ -14,7 +14,7 @@ use crate::blocks::{Block, BlockSpec};
 use crate::config::{ConfigError, NetworkConfig, Padding, StemConfig};
 use crate::layers::{
     fold_into_conv, Activation, BatchNorm2d, BatchNorm2dConfig, Conv2d, ConvConfig, ConvGeometry,
-    Linear, LinearConfig,
+    Linear, LinearConfig, Selection,
 };
 use crate::ops;
 use crate::sizes::Sizes;
@@ -247,6 +247,38 @@ impl SkNet {
             layer4: fold(self.layer4),
             ..self
         }
+    }
+
+    /// The network with every SK unit selecting by `selection` instead of its learned attention
+    /// (an ablation; [`Selection::Learned`] restores the network as trained).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] (field `selection`) for a branch that some unit does not have.
+    pub fn with_selection(mut self, selection: Selection) -> Result<Self, ConfigError> {
+        for stage in [
+            &mut self.layer1,
+            &mut self.layer2,
+            &mut self.layer3,
+            &mut self.layer4,
+        ] {
+            for block in stage.iter_mut() {
+                let sk = block.selective_kernel_mut();
+                if let Selection::Branch(k) = selection {
+                    let m = sk.paths.len();
+                    if k >= m {
+                        return Err(ConfigError::Invalid {
+                            field: "selection".into(),
+                            constraint: format!(
+                                "branch {k} does not exist: the SK units have branches 0..={}",
+                                m - 1
+                            ),
+                        });
+                    }
+                }
+                sk.selection = selection;
+            }
+        }
+        Ok(self)
     }
 
     /// Whether [`SkNet::fold_batchnorm`] has been applied.

@@ -287,6 +287,15 @@ fn all_finite<const D: usize>(t: &Tensor<D>) -> bool {
     t.clone().is_finite().all().into_scalar::<bool>()
 }
 
+/// A tensor's values as `f32`, in row-major order (converted from any float dtype).
+pub fn values_f32<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        // `convert` has just made the data f32, so reading it as f32 cannot fail.
+        .unwrap_or_default()
+}
+
 /// `f()`, run on a thread of the CPU kernels' thread pool (rayon's global pool) when called from
 /// outside it. Each kernel's parallel loop then starts from a pool thread, which shares the work
 /// with the other threads directly, instead of being sent to the pool and waited for by a

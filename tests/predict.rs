@@ -86,7 +86,7 @@ fn top_k_is_sorted_and_labelled() {
         fixture_path("preprocess_cifar.jpg"),
     ];
     let pre = Preprocess::imagenet([224, 224]);
-    let preds = infer::predict(&model, &pre, &paths, &classes, 5, &device).unwrap();
+    let preds = infer::predict(&model, &pre, &paths, &classes, 5, false, &device).unwrap();
     assert_eq!(preds.len(), 2);
     for p in &preds {
         assert_eq!(p.top.len(), 5);
@@ -97,7 +97,7 @@ fn top_k_is_sorted_and_labelled() {
         assert_eq!(p.top[0].label, classes[p.top[0].index]);
     }
     // Batched and one-by-one agree.
-    let single = infer::predict(&model, &pre, &paths[1..], &classes, 5, &device).unwrap();
+    let single = infer::predict(&model, &pre, &paths[1..], &classes, 5, false, &device).unwrap();
     assert_eq!(single[0].top[0].index, preds[1].top[0].index);
     assert!((single[0].top[0].probability - preds[1].top[0].probability).abs() < 1e-5);
 }

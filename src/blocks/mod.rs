@@ -161,6 +161,15 @@ impl Block {
         }
     }
 
+    /// The block's SK unit, to change how it selects.
+    pub fn selective_kernel_mut(&mut self) -> &mut crate::layers::SelectiveKernel {
+        match self {
+            Block::Basic(b) => &mut b.conv1,
+            Block::Bottleneck(b) => &mut b.conv2,
+            Block::KerasSeed(b) => &mut b.conv2,
+        }
+    }
+
     /// Path of the SK unit inside the block (`conv1` or `conv2`).
     pub fn selective_kernel_name(&self) -> &'static str {
         match self {

@@ -75,6 +75,23 @@ pub fn load_weights(
     Ok(loaded)
 }
 
+/// Checks `--batch` and `--workers` of the commands that read a dataset.
+pub fn check_loader_flags(batch: usize, workers: usize) -> Result<(), CliError> {
+    let (max_batch, max_workers) = (sknet::train::MAX_BATCH, sknet::train::MAX_WORKERS);
+    for (arg, value, max) in [
+        ("--batch", batch, max_batch),
+        ("--workers", workers, max_workers),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(CliError::Argument {
+                arg: format!("{arg} {value}"),
+                message: format!("must be within 1..={max}"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Parses `224` or `224x160` into `[height, width]`.
 pub fn parse_input_size(text: &str) -> Result<[usize; 2], CliError> {
     let max = sknet::config::MAX_INPUT_SIDE;

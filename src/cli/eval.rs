@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 
+use serde::Serialize;
 use sknet::device::default_device;
+use sknet::eval::EvalReport;
 use sknet::infer::{self, Preprocess};
+use sknet::Selection;
 
-use super::args::{load_weights, WeightsArgs};
+use super::args::{check_loader_flags, load_weights, WeightsArgs};
 use super::CliError;
 
 /// `sknet eval` arguments.
@@ -27,28 +30,64 @@ pub struct EvalArgs {
     /// Data loading threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Ablation: replace every SK unit's learned weights with equal ones (`uniform`) or with
+    /// one branch only (`branch:K`), and report the change against `learned` on the same
+    /// images. `learned` is plain evaluation.
+    #[arg(long, value_name = "learned|uniform|branch:K")]
+    pub select: Option<String>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// Parses `learned`, `uniform` or `branch:K`.
+fn parse_selection(text: &str) -> Result<Selection, CliError> {
+    let bad = || CliError::Argument {
+        arg: format!("--select {text}"),
+        message: "expected learned, uniform or branch:K (K a branch index, 0 for the \
+                  smallest kernel)"
+            .into(),
+    };
+    match text {
+        "learned" => Ok(Selection::Learned),
+        "uniform" => Ok(Selection::Uniform),
+        _ => text
+            .strip_prefix("branch:")
+            .and_then(|k| k.parse().ok())
+            .map(Selection::Branch)
+            .ok_or_else(bad),
+    }
+}
+
+/// An ablation: the learned selection against a fixed one, on the same images.
+#[derive(Serialize)]
+struct Ablation<'a> {
+    select: &'a str,
+    learned: &'a EvalReport,
+    selected: &'a EvalReport,
+    /// `selected - learned`, for top-1, top-5 (fractions) and loss.
+    change: Change,
+}
+
+#[derive(Serialize)]
+struct Change {
+    top1: f64,
+    top5: f64,
+    loss: f64,
+}
+
 /// The report, as text or JSON.
 pub fn run(args: EvalArgs) -> Result<String, CliError> {
-    let (max_batch, max_workers) = (sknet::train::MAX_BATCH, sknet::train::MAX_WORKERS);
-    for (arg, value, max) in [
-        ("--batch", args.batch, max_batch),
-        ("--workers", args.workers, max_workers),
-    ] {
-        if !(1..=max).contains(&value) {
-            return Err(CliError::Argument {
-                arg: format!("{arg} {value}"),
-                message: format!("must be within 1..={max}"),
-            });
-        }
-    }
+    check_loader_flags(args.batch, args.workers)?;
+    let selection = args.select.as_deref().map(parse_selection).transpose()?;
     let device = default_device();
     let loaded = load_weights(&args.weights, &device)?;
     let model = loaded.model.fold_batchnorm();
+    // Checked before the learned pass, so that a bad branch fails at once.
+    let ablated = match selection {
+        Some(s) if s != Selection::Learned => Some(model.clone().with_selection(s)?),
+        _ => None,
+    };
     let data = sknet::data::Dataset::open(&args.data)?;
     let k = model.config.num_classes;
     let classes = match loaded.classes {
@@ -86,27 +125,72 @@ pub fn run(args: EvalArgs) -> Result<String, CliError> {
     let pre = loaded
         .preprocess
         .unwrap_or_else(|| Preprocess::imagenet(size));
-    let report = sknet::eval::evaluate(
-        &model,
-        std::sync::Arc::new(data),
-        &indices,
-        &label_map,
-        &classes,
-        &pre,
-        args.batch,
-        args.workers,
-        &device,
-    )
-    .map_err(|source| CliError::Eval {
-        data: args.data.display().to_string(),
-        source,
-    })?;
+    let data = std::sync::Arc::new(data);
+    let evaluate = |model: &sknet::SkNet| {
+        sknet::eval::evaluate(
+            model,
+            data.clone(),
+            &indices,
+            &label_map,
+            &classes,
+            &pre,
+            args.batch,
+            args.workers,
+            &device,
+        )
+        .map_err(|source| CliError::Eval {
+            data: args.data.display().to_string(),
+            source,
+        })
+    };
+    let report = evaluate(&model)?;
     for image in &report.skipped_images {
         eprintln!("warning: skipping {}: {}", image.image, image.reason);
     }
+    let Some(ablated) = ablated else {
+        return Ok(if args.json {
+            serde_json::to_string_pretty(&report).expect("report") + "\n"
+        } else {
+            report.text()
+        });
+    };
+    let selected = evaluate(&ablated)?;
+    let ablation = Ablation {
+        select: args.select.as_deref().unwrap_or_default(),
+        learned: &report,
+        selected: &selected,
+        change: Change {
+            top1: selected.top1 - report.top1,
+            top5: selected.top5 - report.top5,
+            loss: selected.loss - report.loss,
+        },
+    };
     Ok(if args.json {
-        serde_json::to_string_pretty(&report).expect("report") + "\n"
+        serde_json::to_string_pretty(&ablation).expect("ablation") + "\n"
     } else {
-        report.text()
+        ablation.text()
     })
+}
+
+impl Ablation<'_> {
+    fn text(&self) -> String {
+        let line = |name: &str, r: &EvalReport| {
+            format!(
+                "  {name:<10} top-1 {:6.2}%  top-5 {:6.2}%  loss {:.4}\n",
+                r.top1 * 100.0,
+                r.top5 * 100.0,
+                r.loss
+            )
+        };
+        format!(
+            "selection ablation on {} images\n{}{}  change     top-1 {:+.2} points, top-5 {:+.2} \
+             points, loss {:+.4}\n",
+            self.learned.images,
+            line("learned", self.learned),
+            line(self.select, self.selected),
+            self.change.top1 * 100.0,
+            self.change.top5 * 100.0,
+            self.change.loss
+        )
+    }
 }

@@ -3,6 +3,7 @@
 
 mod archs;
 mod args;
+mod attention;
 mod bench;
 mod config;
 mod eval;
@@ -48,6 +49,9 @@ pub enum CliError {
         /// Why.
         source: sknet::eval::EvalError,
     },
+    /// The attention analysis cannot run.
+    #[error(transparent)]
+    Attention(#[from] sknet::attention::AttentionError),
     /// Bad argument.
     #[error("invalid argument `{arg}`: {message}")]
     Argument {
@@ -112,6 +116,9 @@ pub enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a labelled image folder: top-1, top-5, loss, per class, confusion.
     Eval(eval::EvalArgs),
+    /// What the SK selection picks (the paper's sec. 4.3): branch weights against object size
+    /// and class, as CSV, JSON and figures.
+    Attention(Box<attention::AttentionArgs>),
     /// Time inference or a training step: median ms, images/s, peak memory.
     Bench(bench::BenchArgs),
     /// Print the config of a preset (JSON, or TOML with --toml), to edit and pass to --config.
@@ -135,6 +142,7 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Attention(args) => attention::run(*args),
         Command::Config { arch, toml } => config::run(&arch, toml),
     }
 }

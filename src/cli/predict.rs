@@ -23,6 +23,9 @@ pub struct PredictArgs {
     /// Crop size `S` or `HxW` (default: the network's input size).
     #[arg(long)]
     pub input: Option<String>,
+    /// Add each SK unit's mean large-kernel weight (channel average) per image.
+    #[arg(long)]
+    pub attention: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -44,7 +47,15 @@ pub fn run(args: PredictArgs) -> Result<String, CliError> {
         Some(p) => Preprocess { size, ..p },
         None => Preprocess::imagenet(size),
     };
-    let predictions = infer::predict(&model, &pre, &args.images, &classes, args.topk, &device)?;
+    let predictions = infer::predict(
+        &model,
+        &pre,
+        &args.images,
+        &classes,
+        args.topk,
+        args.attention,
+        &device,
+    )?;
     if args.json {
         return Ok(
             serde_json::to_string_pretty(&predictions).expect("predictions serialize") + "\n",
@@ -59,6 +70,12 @@ pub fn run(args: PredictArgs) -> Result<String, CliError> {
                 s.probability * 100.0,
                 s.index,
                 s.label
+            ));
+        }
+        for w in p.attention.iter().flatten() {
+            out.push_str(&format!(
+                "  {:<10} {:.4}  weight of {}\n",
+                w.unit, w.weight, w.kernel
             ));
         }
     }

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use super::augment::Augment;
 use super::rng::Rng;
 use super::Dataset;
+use crate::infer::resize::enlarge;
 use crate::infer::Preprocess;
 
 /// One batch: `[n, 3, H, W]` values and labels.
@@ -69,6 +70,9 @@ pub struct LoaderConfig {
     pub eval: Preprocess,
     /// Seed.
     pub seed: u64,
+    /// Enlarge the central object by this scale before the transform (see
+    /// [`enlarge`](crate::infer::resize::enlarge)); `None` leaves images as they are.
+    pub enlarge: Option<f64>,
 }
 
 impl Loader {
@@ -109,6 +113,10 @@ impl Loader {
                         for &i in slice {
                             match data.load(i) {
                                 Ok(img) => {
+                                    let img = match config.enlarge {
+                                        Some(scale) => enlarge(&img, scale),
+                                        None => img,
+                                    };
                                     let mut rng = Rng::derive(&[config.seed, epoch, i as u64]);
                                     pixels.extend(config.augment.apply(
                                         &img,

@@ -236,6 +236,21 @@ impl Dataset {
         })
     }
 
+    /// Unlabelled image files, in the order given (every label is 0, and there are no classes).
+    pub fn from_files(paths: &[PathBuf]) -> Self {
+        Self {
+            root: PathBuf::new(),
+            classes: Vec::new(),
+            items: paths.iter().map(|p| (Source::File(p.clone()), 0)).collect(),
+            files: Vec::new(),
+        }
+    }
+
+    /// Whether the items have labels (an ImageFolder or CIFAR binary, not a list of files).
+    pub fn is_labelled(&self) -> bool {
+        !self.classes.is_empty()
+    }
+
     /// Number of items.
     pub fn len(&self) -> usize {
         self.items.len()

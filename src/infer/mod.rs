@@ -68,6 +68,17 @@ pub struct Scored {
     pub probability: f32,
 }
 
+/// One SK unit's selection for one image.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct UnitWeight {
+    /// The paper's name, `SK_{stage}_{unit}`.
+    pub unit: String,
+    /// The unit's largest kernel.
+    pub kernel: String,
+    /// That kernel's weight, averaged over the channels.
+    pub weight: f32,
+}
+
 /// The predictions for one image.
 #[derive(Debug, Clone, Serialize)]
 pub struct Prediction {
@@ -75,33 +86,74 @@ pub struct Prediction {
     pub path: String,
     /// Best classes first.
     pub top: Vec<Scored>,
+    /// Each SK unit's mean large-kernel weight, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attention: Option<Vec<UnitWeight>>,
 }
 
 /// Images per forward pass.
 pub const BATCH: usize = 16;
 
-/// Classifies image files: decoded and transformed, then run in batches of [`BATCH`].
+/// Image `i`'s mean large-kernel weight in every unit, from the units' `[batch, M, C]` weights;
+/// `Err` when one is not finite.
+fn large_kernel_weights(
+    units: &[crate::attention::UnitInfo],
+    weights: &[Vec<f32>],
+    i: usize,
+) -> Result<Vec<UnitWeight>, ()> {
+    units
+        .iter()
+        .zip(weights)
+        .map(|(unit, w)| {
+            let c = unit.channels;
+            let image = &w[i * unit.kernels.len() * c..(i + 1) * unit.kernels.len() * c];
+            let large = &image[unit.largest * c..(unit.largest + 1) * c];
+            let weight = (large.iter().map(|&v| v as f64).sum::<f64>() / c as f64) as f32;
+            if !weight.is_finite() {
+                return Err(());
+            }
+            Ok(UnitWeight {
+                unit: unit.name.clone(),
+                kernel: unit.kernels[unit.largest].clone(),
+                weight,
+            })
+        })
+        .collect()
+}
+
+/// Classifies image files: decoded and transformed, then run in batches of [`BATCH`]. With
+/// `attention`, each prediction also holds every SK unit's mean large-kernel weight.
 pub fn predict(
     model: &SkNet,
     pre: &Preprocess,
     paths: &[PathBuf],
     classes: &[String],
     topk: usize,
+    attention: bool,
     device: &Device,
 ) -> Result<Vec<Prediction>, InferError> {
+    let units = crate::attention::units(model);
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(BATCH) {
         let images = chunk
             .iter()
             .map(|p| load_image(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let probs = softmax(model.forward(pre.batch(&images, device)), 1);
+        let x = pre.batch(&images, device);
+        let (logits, unit_weights) = match attention {
+            true => {
+                let (logits, att) = model.forward_with_attention(x);
+                let weights: Vec<Vec<f32>> = att
+                    .into_iter()
+                    .map(|a| crate::ops::values_f32(a.weights))
+                    .collect();
+                (logits, Some(weights))
+            }
+            false => (model.forward(x), None),
+        };
+        let probs = softmax(logits, 1);
         let [n, k] = probs.dims();
-        let values = probs
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .expect("converted to f32");
+        let values = crate::ops::values_f32(probs);
         for (i, path) in chunk.iter().enumerate().take(n) {
             let row = &values[i * k..(i + 1) * k];
             // The softmax of finite logits is finite.
@@ -112,7 +164,15 @@ pub fn predict(
             }
             let mut order: Vec<usize> = (0..k).collect();
             order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let attention = unit_weights
+                .as_ref()
+                .map(|weights| large_kernel_weights(&units, weights, i))
+                .transpose()
+                .map_err(|()| InferError::NotFinite {
+                    path: path.display().to_string(),
+                })?;
             out.push(Prediction {
+                attention,
                 path: path.display().to_string(),
                 top: order
                     .into_iter()

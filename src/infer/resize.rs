@@ -207,3 +207,40 @@ pub fn crop(src: &Rgb8, left: usize, top: usize, width: usize, height: usize) ->
         data,
     }
 }
+
+/// The largest side [`enlarge`] crops to: a scale far below 1 would zero-pad without bound.
+pub const MAX_ENLARGED_SIDE: usize = 16384;
+
+/// Enlarges the central object by `scale`: the centered `round(w / scale) x round(h / scale)`
+/// window, as Pillow's `Image.crop` takes it (offsets `round((w - cw) / 2)`, rounding half to
+/// even as Python does; pixels outside the image are zero, for scales below 1). The eval
+/// transform then resizes it back to the network's input. Sides are kept within
+/// `1..=MAX_ENLARGED_SIDE` (callers check scales against their input first).
+pub fn enlarge(src: &Rgb8, scale: f64) -> Rgb8 {
+    let side =
+        |len: usize| ((len as f64 / scale).round_ties_even() as usize).clamp(1, MAX_ENLARGED_SIDE);
+    let (cw, ch) = (side(src.width), side(src.height));
+    let offset = |len: usize, c: usize| ((len as f64 - c as f64) / 2.0).round_ties_even() as i64;
+    let (left, top) = (offset(src.width, cw), offset(src.height, ch));
+    let mut data = vec![0u8; cw * ch * 3];
+    for y in 0..ch {
+        let sy = top + y as i64;
+        if sy < 0 || sy >= src.height as i64 {
+            continue;
+        }
+        // The columns of the window that fall inside the image.
+        let x0 = (-left).clamp(0, cw as i64) as usize;
+        let x1 = (src.width as i64 - left).clamp(0, cw as i64) as usize;
+        if x0 >= x1 {
+            continue;
+        }
+        let from = (sy as usize * src.width + (left + x0 as i64) as usize) * 3;
+        data[(y * cw + x0) * 3..(y * cw + x1) * 3]
+            .copy_from_slice(&src.data[from..from + (x1 - x0) * 3]);
+    }
+    Rgb8 {
+        width: cw,
+        height: ch,
+        data,
+    }
+}

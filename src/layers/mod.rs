@@ -13,4 +13,6 @@ pub use conv::{Conv2d, ConvConfig, ConvGeometry};
 pub use conv_norm_act::{ConvNormAct, ConvNormActConfig};
 pub use linear::{Linear, LinearConfig};
 pub use norm::{fold_into_conv, BatchNorm2d, BatchNorm2dConfig};
-pub use selective_kernel::{SelectiveKernel, SelectiveKernelAttn, SelectiveKernelConfig};
+pub use selective_kernel::{
+    Selection, SelectiveKernel, SelectiveKernelAttn, SelectiveKernelConfig,
+};

@@ -14,7 +14,7 @@
 
 use burn::module::Module;
 use burn::tensor::activation::softmax;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{
     fold_into_conv, BatchNorm2d, BatchNorm2dConfig, Conv2d, ConvConfig, ConvGeometry, ConvNormAct,
@@ -115,6 +115,7 @@ impl SelectiveKernelConfig {
             paths,
             attn,
             split_input: sk.split_input,
+            selection: Selection::Learned,
         }
     }
 }
@@ -217,6 +218,19 @@ impl Sizes for SelectiveKernelAttn {
     }
 }
 
+/// Which branch weights the select step uses: the learned attention, or fixed weights in its
+/// place for an ablation (does the selection matter on this model?).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Selection {
+    /// The attention computed from the input (the network as trained).
+    #[default]
+    Learned,
+    /// `1 / M` for every branch and channel.
+    Uniform,
+    /// Weight 1 on branch K, 0 on the others: a single-kernel network.
+    Branch(usize),
+}
+
 /// The selective kernel convolution: M branches, fused and selected by channel attention.
 ///
 /// # Shapes
@@ -232,13 +246,22 @@ pub struct SelectiveKernel {
     /// Each branch sees `in_channels / M` channels (timm's split_input).
     #[module(skip)]
     pub split_input: bool,
+    /// The branch weights the select step uses (learned, unless ablated).
+    #[module(skip)]
+    pub selection: Selection,
 }
 
 impl SelectiveKernel {
     /// Output and per-channel branch weights.
     pub fn forward_with_attention(&self, input: Tensor<4>) -> (Tensor<4>, Tensor<3>) {
         let branches = self.split(input);
-        let attention = self.attn.forward_pooled(fuse(&branches));
+        let attention = match self.selection {
+            Selection::Learned => self.attn.forward_pooled(fuse(&branches)),
+            fixed => {
+                let [batch, c, _, _] = branches[0].dims();
+                fixed_attention(fixed, [batch, branches.len(), c], &branches[0].device())
+            }
+        };
         (ops::sk_select(branches, attention.clone()), attention)
     }
 
@@ -278,6 +301,20 @@ impl SelectiveKernel {
     pub fn out_channels(&self) -> usize {
         self.paths[0].conv.out_channels()
     }
+}
+
+/// The `[batch, M, C]` weights of a fixed selection (a branch outside `0..M` gets none).
+fn fixed_attention(selection: Selection, [batch, m, c]: [usize; 3], device: &Device) -> Tensor<3> {
+    let per_branch: Vec<f32> = (0..m)
+        .map(|i| match selection {
+            Selection::Learned | Selection::Uniform => 1.0 / m as f32,
+            Selection::Branch(k) => (i == k) as u8 as f32,
+        })
+        .collect();
+    let values: Vec<f32> = (0..batch)
+        .flat_map(|_| per_branch.iter().flat_map(|&v| std::iter::repeat_n(v, c)))
+        .collect();
+    Tensor::from_data(TensorData::new(values, [batch, m, c]), device)
 }
 
 /// Fuse: `s = GAP(sum_m U_m)`, taken as the sum of the branches' averages, so the fused map

@@ -122,7 +122,7 @@ pub(super) fn read_history(path: &Path, upto: usize) -> Vec<EpochMetrics> {
 }
 
 /// Writes `metrics.jsonl`, `metrics.csv` and `curves.png` for `history`.
-pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), WeightsError> {
+pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
     let mut jsonl = String::new();
     let mut csv = String::from(
         "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,seconds\n",
@@ -145,6 +145,6 @@ pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), 
     }
     write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;
-    write_atomic(&dir.join("curves.png"), &plot::curves_png(history))?;
+    write_atomic(&dir.join("curves.png"), &plot::curves_png(history)?)?;
     Ok(())
 }

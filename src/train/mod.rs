@@ -53,6 +53,9 @@ pub enum TrainError {
     /// Checkpoint problem.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The curves could not be drawn.
+    #[error("curves.png: {0}")]
+    Plot(#[from] crate::plot::PlotError),
     /// The loss diverged.
     #[error(
         "loss is {loss} at epoch {epoch}, step {step}: training diverged (try a lower learning rate); \

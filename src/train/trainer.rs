@@ -471,6 +471,7 @@ impl Trainer {
             augment: s.augment,
             eval: s.preprocess.clone(),
             seed: s.seed,
+            enlarge: None,
         }
     }
 }
