@@ -26,6 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         momentum: 0.9,
         nesterov: true,
         weight_decay: 5e-4,
+        backbone_lr_scale: 1.0,
     });
     let [h, w] = config.default_input;
     let mut times = Vec::new();

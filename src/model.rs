@@ -391,6 +391,18 @@ impl SkNet {
         })
     }
 
+    /// The features the classifier sees: the last stage's output, averaged over positions.
+    ///
+    /// # Shapes
+    /// - input: `[batch, in_channels, height, width]`
+    /// - output: `[batch, features]` (the classifier's input width)
+    pub fn forward_pooled(&self, input: Tensor<4>) -> Tensor<2> {
+        ops::on_cpu_pool(|| {
+            let x = self.max_pool(self.stem(input));
+            ops::spatial_mean(self.run_stages(x, None, None))
+        })
+    }
+
     /// Class probabilities (softmax of the logits).
     pub fn predict_proba(&self, input: Tensor<4>) -> Tensor<2> {
         burn::tensor::activation::softmax(self.forward(input), 1)

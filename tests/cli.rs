@@ -1,5 +1,7 @@
 //! The `sknet` binary: outputs and errors as a user sees them.
 
+mod common;
+
 use std::process::Command;
 
 fn sknet(args: &[&str]) -> (i32, String, String) {
@@ -330,4 +332,87 @@ fn bench_reports_median_throughput_and_memory() {
     let (code, _, err) = sknet(&["bench", "--arch", "sknet50", "--input", "3"]);
     assert_eq!(code, 2);
     assert!(err.contains("too small"), "{err}");
+}
+
+#[test]
+fn train_init_fine_tunes_timm_weights_and_says_the_classifier_is_new() {
+    let dir = std::env::temp_dir().join(format!("sknet-cli-init-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny_timm.json")).unwrap()).unwrap();
+    let config = dir.join("tiny.json");
+    std::fs::write(&config, fx["config"].to_string()).unwrap();
+    // 3 classes: the file's classifier has 10.
+    let data = common::small_dataset(&dir);
+    let data = data.to_str().unwrap();
+    let args = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "train",
+            "--init",
+            &fixture("tiny_timm.safetensors"),
+            "--data",
+            data,
+            "--val-per-class",
+            "2",
+            "--input",
+            "32",
+            "--epochs",
+            "1",
+            "--batch",
+            "8",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |extra: &[&str]| {
+        let a = args(extra);
+        sknet(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = dir.join("run");
+    let (code, stdout, err) = run(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--freeze",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("tensors loaded"), "{err}");
+    assert!(
+        err.contains("classifier is re-initialised")
+            && err.contains("fc.weight (the file's is [10,"),
+        "{err}"
+    );
+    assert!(stdout.contains("best.safetensors"), "{stdout}");
+    // Weights that do not fit the named network: the keys, and the hint.
+    let (code, _, err) = run(&[
+        "--arch",
+        "skresnet18",
+        "--output",
+        dir.join("bad").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing from the file"), "{err}");
+    for (flag, value) in [
+        ("--backbone-lr-scale", "-1"),
+        ("--backbone-lr-scale", "nan"),
+    ] {
+        let (code, _, err) = run(&[
+            "--config",
+            config.to_str().unwrap(),
+            &format!("{flag}={value}"),
+            "--output",
+            dir.join("bad2").to_str().unwrap(),
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(
+            err.contains("backbone_lr_scale") && err.contains("--backbone-lr-scale"),
+            "{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,8 @@ use common::small_dataset;
 
 use std::path::{Path, PathBuf};
 
+use burn::module::Module;
+
 use sknet::data::augment::Augment;
 use sknet::data::Dataset;
 use sknet::infer::Preprocess;
@@ -65,6 +67,10 @@ fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
         seed: 7,
         workers: 2,
         output: output.to_path_buf(),
+        init: None,
+        allow_partial: false,
+        freeze: false,
+        backbone_lr_scale: 1.0,
     }
 }
 
@@ -300,4 +306,185 @@ fn eval_reports_accuracy_per_class_and_confusion() {
         err.contains("zebra") && err.contains("not one of the checkpoint's 3 classes"),
         "{err}"
     );
+}
+
+fn fixture_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The timm-format tiny SK-ResNet of the fixtures, fine-tuned on 3 classes at 32x32.
+fn fine_tune_settings(data: &Path, output: &Path) -> TrainSettings {
+    let fx: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture_path("tiny_timm.json")).unwrap())
+            .unwrap();
+    let mut config: sknet::NetworkConfig = serde_json::from_value(fx["config"].clone()).unwrap();
+    config.num_classes = 3;
+    config.default_input = [32, 32];
+    TrainSettings {
+        config,
+        init: Some(fixture_path("tiny_timm.safetensors").display().to_string()),
+        epochs: 1,
+        ..settings(data, output, 1)
+    }
+}
+
+/// Records what fine-tuning reports.
+#[derive(Default)]
+struct Initialised(Vec<(String, sknet::weights::load::FineTuneReport)>);
+
+impl sknet::train::TrainObserver for Initialised {
+    fn initialized(&mut self, init: &str, report: &sknet::weights::load::FineTuneReport) {
+        self.0.push((init.to_string(), report.clone()));
+    }
+}
+
+fn is_classifier(key: &str) -> bool {
+    key.starts_with("fc.")
+}
+
+#[test]
+fn fine_tuning_loads_timm_weights_and_initialises_a_classifier_for_the_new_classes() {
+    let _serial = serial();
+    let dir = scratch("finetune");
+    let data = small_dataset(&dir);
+    let init = Checkpoint::read(&fixture_path("tiny_timm.safetensors")).unwrap();
+    let s = fine_tune_settings(&data, &dir.join("run"));
+    let mut trainer = sknet::train::Trainer::new(s.clone()).unwrap();
+    let fresh = sknet::weights::load::state_dict(&trainer.model().valid()).unwrap();
+    let mut seen = Initialised::default();
+    trainer.initialize(&mut seen).unwrap();
+    let [(spec, report)] = seen.0.as_slice() else {
+        panic!("{} reports", seen.0.len())
+    };
+    assert!(spec.ends_with("tiny_timm.safetensors"));
+    let reinit: Vec<&str> = report
+        .reinitialised
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(reinit, ["fc.weight", "fc.bias"]);
+    assert_eq!(
+        report.reinitialised[0].1[0], 10,
+        "the file's classifier has 10 classes"
+    );
+    let loaded = sknet::weights::load::state_dict(&trainer.model().valid()).unwrap();
+    let mut compared = 0;
+    for ((key, tensor), (_, before)) in loaded.iter().zip(&fresh) {
+        let (
+            sknet::weights::checkpoint::OutTensor::F32(_, now),
+            sknet::weights::checkpoint::OutTensor::F32(_, was),
+        ) = (tensor, before)
+        else {
+            continue;
+        };
+        if is_classifier(key) {
+            // The new classifier is the seeded initialisation of a run from scratch.
+            assert_eq!(now, was, "{key}");
+        } else {
+            assert_eq!(now, &init.tensors[key].data, "{key} was not loaded");
+            compared += 1;
+        }
+    }
+    assert_eq!(compared, report.report.loaded);
+    assert!(compared > 20);
+
+    // --freeze: one epoch changes the classifier only; BatchNorm statistics stay too.
+    let frozen_out = dir.join("frozen");
+    let frozen = sknet::train::train_with(
+        TrainSettings {
+            freeze: true,
+            output: frozen_out.clone(),
+            ..s.clone()
+        },
+        None,
+        None,
+        &mut Initialised::default(),
+    )
+    .unwrap();
+    assert_eq!(frozen.len(), 1);
+    let after = weights(&frozen_out.join("last.safetensors"));
+    let mut classifier_moved = false;
+    for (key, values) in &after {
+        if is_classifier(key) {
+            classifier_moved |= fresh.iter().any(|(k, t)| {
+                k == key
+                    && matches!(t, sknet::weights::checkpoint::OutTensor::F32(_, v) if v != values)
+            });
+        } else if let Some(raw) = init.tensors.get(key) {
+            assert_eq!(values, &raw.data, "{key} changed under --freeze");
+        }
+    }
+    assert!(classifier_moved);
+
+    // A backbone learning rate of 0 keeps its weights but not its BatchNorm statistics, which
+    // training mode updates.
+    let still_out = dir.join("still");
+    sknet::train::train_with(
+        TrainSettings {
+            backbone_lr_scale: 0.0,
+            output: still_out.clone(),
+            ..s.clone()
+        },
+        None,
+        None,
+        &mut Initialised::default(),
+    )
+    .unwrap();
+    let after = weights(&still_out.join("last.safetensors"));
+    let value = |key: &str| &after.iter().find(|(k, _)| k == key).unwrap().1;
+    assert_eq!(value("conv1.weight"), &init.tensors["conv1.weight"].data);
+    assert_ne!(
+        value("bn1.running_mean"),
+        &init.tensors["bn1.running_mean"].data
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn fine_tuning_weights_of_another_network_names_the_keys_and_the_preset_that_fits() {
+    let _serial = serial();
+    let dir = scratch("finetune-other");
+    let data = small_dataset(&dir);
+    // sknet-tiny's weights (10 classes), into the tiny timm network.
+    let tiny = sknet::SkNet::new(
+        &sknet::presets::by_name("sknet-tiny").unwrap(),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
+    let file = dir.join("sknet-tiny.safetensors");
+    sknet::weights::checkpoint::write_safetensors(
+        &file,
+        sknet::weights::load::state_dict(&tiny).unwrap(),
+        Default::default(),
+    )
+    .unwrap();
+    let s = TrainSettings {
+        init: Some(file.display().to_string()),
+        ..fine_tune_settings(&data, &dir.join("run"))
+    };
+    let err = sknet::train::train(s.clone(), None, None).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("sknet-tiny.safetensors"), "{text}");
+    assert!(
+        text.contains("layer1.0.conv1.paths.0.conv.weight") || text.contains("missing"),
+        "{text}"
+    );
+    assert!(
+        matches!(&err, TrainError::Weights(sknet::WeightsError::Mismatch { fits: Some(p), .. }) if p == "sknet-tiny"),
+        "{err:?}"
+    );
+    // --allow-partial loads what fits and trains.
+    let history = sknet::train::train(
+        TrainSettings {
+            allow_partial: true,
+            ..s
+        },
+        None,
+        None,
+    )
+    .unwrap();
+    assert_eq!(history.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -141,6 +141,7 @@ pub fn bench(
         let mut sgd = Sgd::new(SgdConfig {
             momentum: 0.9,
             nesterov: false,
+            backbone_lr_scale: 1.0,
             weight_decay: 1e-4,
         });
         for i in 0..warmup + runs {

@@ -68,7 +68,11 @@ impl CliError {
         match self {
             CliError::Weights(WeightsError::Mismatch {
                 fits: Some(name), ..
-            }) => Some(format!("pass --arch {name}")),
+            })
+            | CliError::Train(sknet::train::TrainError::Weights(WeightsError::Mismatch {
+                fits: Some(name),
+                ..
+            })) => Some(format!("pass --arch {name}")),
             CliError::Weights(WeightsError::NonFinite { .. }) => {
                 Some("pass --allow-nonfinite to load them anyway".into())
             }

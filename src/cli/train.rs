@@ -15,9 +15,9 @@ use super::CliError;
 /// `sknet train` arguments.
 #[derive(Debug, clap::Args)]
 pub struct TrainArgs {
-    /// Preset to train.
-    #[arg(long, default_value = "sknet-tiny")]
-    pub arch: String,
+    /// Preset to train (default: sknet-tiny, or with --init the network of those weights).
+    #[arg(long)]
+    pub arch: Option<String>,
     /// A JSON or TOML network config; overrides --arch.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -82,15 +82,35 @@ pub struct TrainArgs {
     /// Stop after this many epochs in this invocation (continue later with --resume).
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Fine-tune: start from these weights (a .safetensors, .pth, .bin or .pt file, or
+    /// hf:OWNER/NAME), timm's or sknet's. A classifier for another number of classes is
+    /// initialised anew; every other key must fit.
+    #[arg(long, value_name = "WEIGHTS")]
+    pub init: Option<String>,
+    /// With --init: load what fits and keep the rest as initialised.
+    #[arg(long, requires = "init")]
+    pub allow_partial: bool,
+    /// Train only the classifier; the backbone keeps its weights and BatchNorm statistics.
+    #[arg(long)]
+    pub freeze: bool,
+    /// The backbone's learning rate as a multiple of --lr (the classifier's), within [0, 100].
+    #[arg(long, default_value_t = 1.0)]
+    pub backbone_lr_scale: f64,
 }
 
 /// Trains, and says where the results are.
 pub fn run(args: TrainArgs) -> Result<String, CliError> {
     use sknet::data::augment::Augment;
     use sknet::train::schedule::LrSchedule;
-    let mut config = match &args.config {
-        Some(path) => NetworkConfig::from_file(path)?,
-        None => presets::by_name(&args.arch)?,
+    let mut config = match (&args.config, &args.arch, &args.init) {
+        (Some(path), _, _) => NetworkConfig::from_file(path)?,
+        (None, Some(name), _) => presets::by_name(name)?,
+        // The network the weights are for; its classifier follows the data.
+        (None, None, Some(spec)) => {
+            let ckpt = sknet::weights::load::read_weights(spec, false)?;
+            sknet::weights::load::resolve_config(&ckpt, None, None)?
+        }
+        (None, None, None) => presets::by_name("sknet-tiny")?,
     };
     let data = sknet::data::Dataset::open(&args.data)?;
     config.num_classes = data.classes.len();
@@ -134,6 +154,10 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
         seed: args.seed,
         workers: args.workers,
         output: args.output.clone(),
+        init: args.init.clone(),
+        allow_partial: args.allow_partial,
+        freeze: args.freeze,
+        backbone_lr_scale: args.backbone_lr_scale,
     };
     let history = sknet::train::train_with(
         settings,
@@ -175,6 +199,37 @@ impl TrainObserver for Progress {
             run.epochs,
             run.steps_per_epoch
         );
+    }
+
+    fn initialized(&mut self, init: &str, report: &sknet::weights::load::FineTuneReport) {
+        eprintln!(
+            "initialised from {init}: {} tensors loaded",
+            report.report.loaded
+        );
+        if !report.reinitialised.is_empty() {
+            let keys: Vec<String> = report
+                .reinitialised
+                .iter()
+                .map(|(k, shape)| format!("{k} (the file's is {shape:?})"))
+                .collect();
+            eprintln!(
+                "the classifier is re-initialised for the data's classes: {}",
+                keys.join(", ")
+            );
+        }
+        let report = &report.report;
+        let classifier = sknet::weights::load::CLASSIFIER_KEYS;
+        let other_mismatches = report
+            .mismatched
+            .iter()
+            .filter(|(k, _, _)| !classifier.contains(&k.as_str()))
+            .count();
+        if !report.missing.is_empty() || !report.unexpected.is_empty() || other_mismatches > 0 {
+            eprintln!(
+                "warning: --allow-partial: some tensors were not loaded\n{}",
+                report.describe()
+            );
+        }
     }
 
     fn resumed(&mut self, checkpoint: &Path, epoch: usize) {

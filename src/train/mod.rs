@@ -154,6 +154,26 @@ pub struct TrainSettings {
     pub workers: usize,
     /// Output folder.
     pub output: PathBuf,
+    /// Fine-tuning: the weights the run starts from (a file or `hf:` spec, anything
+    /// [`load_pretrained`](crate::weights::load_pretrained) reads). A classifier shaped for
+    /// other classes is initialised anew; every other key must fit (see `allow_partial`).
+    #[serde(default)]
+    pub init: Option<String>,
+    /// With `init`: load what fits and keep the rest as initialised, instead of failing on any
+    /// missing, unexpected or mis-shaped key other than the classifier's.
+    #[serde(default)]
+    pub allow_partial: bool,
+    /// Train only the classifier: the backbone keeps its weights and BatchNorm statistics and
+    /// runs in inference mode (timm's `freeze`, with frozen BatchNorm).
+    #[serde(default)]
+    pub freeze: bool,
+    /// The backbone's learning rate as a multiple of the classifier's (the schedule's).
+    #[serde(default = "one")]
+    pub backbone_lr_scale: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Most images in one batch.
@@ -219,6 +239,13 @@ impl TrainSettings {
             );
         }
         real("momentum", self.momentum, 0.0, 1.0, true)?;
+        real(
+            "backbone_lr_scale",
+            self.backbone_lr_scale,
+            0.0,
+            100.0,
+            false,
+        )?;
         real("weight_decay", self.weight_decay, 0.0, 1.0, false)?;
         real("label_smoothing", self.label_smoothing, 0.0, 1.0, true)
     }
@@ -286,8 +313,9 @@ pub fn train_with(
     observer: &mut dyn TrainObserver,
 ) -> Result<Vec<EpochMetrics>, TrainError> {
     let mut trainer = Trainer::new(settings)?;
-    if let Some(checkpoint) = resume {
-        trainer.resume(checkpoint, observer)?;
+    match resume {
+        Some(checkpoint) => trainer.resume(checkpoint, observer)?,
+        None => trainer.initialize(observer)?,
     }
     trainer.fit(stop_after, observer)?;
     Ok(trainer.into_history())

@@ -52,6 +52,9 @@ pub trait TrainObserver {
     /// A run starts, or continues from a checkpoint.
     fn run_started(&mut self, _run: &RunInfo) {}
 
+    /// Fine-tuning: the weights of `init` were loaded, as `report` says.
+    fn initialized(&mut self, _init: &str, _report: &crate::weights::load::FineTuneReport) {}
+
     /// The state of `checkpoint`, saved after `epoch` epochs, was restored.
     fn resumed(&mut self, _checkpoint: &Path, _epoch: usize) {}
 

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::model::SkNet;
 use crate::ops::SgdUpdate;
+use crate::weights::load::CLASSIFIER_KEYS;
 use crate::weights::paths::{map_keyed, KeyedMapper, TensorRole};
 
 /// Hyper-parameters.
@@ -20,6 +21,8 @@ pub struct SgdConfig {
     pub nesterov: bool,
     /// L2 weight decay on conv / linear weights.
     pub weight_decay: f64,
+    /// The learning rate of every parameter outside the classifier, as a multiple of the step's.
+    pub backbone_lr_scale: f64,
 }
 
 /// Momentum buffers, by parameter key (so that they can be checkpointed by name).
@@ -61,8 +64,13 @@ impl KeyedMapper for Step<'_> {
         } else {
             0.0
         };
+        let lr = if CLASSIFIER_KEYS.contains(&path.as_str()) {
+            self.lr
+        } else {
+            self.lr * self.config.backbone_lr_scale
+        };
         let update = SgdUpdate {
-            lr: self.lr,
+            lr,
             momentum: self.config.momentum,
             nesterov: self.config.nesterov,
             weight_decay: decay,

@@ -91,6 +91,10 @@ fn tiny_run(tag: &str) -> TrainSettings {
         seed: 3,
         workers: 1,
         output: dir.join("run"),
+        init: None,
+        allow_partial: false,
+        freeze: false,
+        backbone_lr_scale: 1.0,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::data::Dataset;
 use crate::eval::{evaluate, EvalReport};
 use crate::model::SkNet;
 use crate::weights::checkpoint::WeightsError;
-use crate::weights::load::load_into;
+use crate::weights::load::{load_for_fine_tuning, load_into, read_weights};
 
 /// Batch size of validation.
 const VALIDATION_BATCH: usize = 64;
@@ -42,6 +42,9 @@ pub struct Trainer {
     /// Taken out only for the optimizer step, which consumes and returns it.
     model: Option<SkNet>,
     sgd: Sgd,
+    /// With `freeze`: the backbone in inference mode (BatchNorm folded, on `inner`), which the
+    /// steps run without gradients; only the classifier of `model` trains.
+    frozen: Option<SkNet>,
     steps_per_epoch: usize,
     epoch: usize,
     step: usize,
@@ -100,6 +103,7 @@ impl Trainer {
             momentum: s.momentum,
             nesterov: s.nesterov,
             weight_decay: s.weight_decay,
+            backbone_lr_scale: s.backbone_lr_scale,
         });
         let steps_per_epoch = train_idx.len() / s.batch;
         if steps_per_epoch == 0 {
@@ -119,6 +123,7 @@ impl Trainer {
             device,
             model: Some(model),
             sgd,
+            frozen: None,
             steps_per_epoch,
             epoch: 0,
             step: 0,
@@ -251,7 +256,40 @@ impl Trainer {
     }
 
     /// The training steps of the next epoch.
+    /// Fine-tuning: loads the weights of the settings' `init`, if any, and reports what it
+    /// loaded to `observer`. A classifier shaped for other classes keeps its initial values;
+    /// any other key that does not fit is an error unless `allow_partial`. Call it before
+    /// training, instead of [`Trainer::resume`].
+    ///
+    /// # Errors
+    ///
+    /// [`TrainError::Weights`] when the file cannot be read, holds NaN or infinite values, or
+    /// does not fit the network.
+    pub fn initialize(&mut self, observer: &mut dyn TrainObserver) -> Result<(), TrainError> {
+        let Some(spec) = self.settings.init.clone() else {
+            return Ok(());
+        };
+        let ckpt = read_weights(&spec, false)?;
+        let model = self.model.take().expect(MODEL_IN_STEP);
+        let loaded = load_for_fine_tuning(model.clone(), ckpt, self.settings.allow_partial);
+        let (model, report) = match loaded {
+            Ok(done) => done,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e.into());
+            }
+        };
+        self.model = Some(model);
+        observer.initialized(&spec, &report);
+        Ok(())
+    }
+
     fn train_steps(&mut self, observer: &mut dyn TrainObserver) -> Result<StepTotals, TrainError> {
+        // The backbone as it stands: loaded, resumed, or (frozen) unchanged since.
+        self.frozen = self
+            .settings
+            .freeze
+            .then(|| self.model().valid().fold_batchnorm());
         let mut loader = Loader::new(
             self.data.clone(),
             &self.train_idx,
@@ -309,8 +347,18 @@ impl Trainer {
         let lr = self.lr();
         totals.lr = lr;
         let [h, w] = self.settings.preprocess.size;
-        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, h, w]), &self.device);
-        let logits = self.model().forward(x);
+        let pixels = TensorData::new(batch.pixels, [n, 3, h, w]);
+        let logits = match &self.frozen {
+            // Only the classifier takes part in the backward pass.
+            Some(backbone) => {
+                let features = backbone.forward_pooled(Tensor::<4>::from_data(pixels, &self.inner));
+                let features = Tensor::<2>::from_data(features.into_data(), &self.device);
+                self.model().fc.forward(features)
+            }
+            None => self
+                .model()
+                .forward(Tensor::<4>::from_data(pixels, &self.device)),
+        };
         totals.hits += argmax_hits(&logits, &batch.labels);
         let loss = cross_entropy(
             logits,

@@ -99,15 +99,66 @@ pub fn load_into(
     ckpt: Checkpoint,
     allow_partial: bool,
 ) -> Result<(SkNet, LoadReport), WeightsError> {
+    load_except(model, ckpt, allow_partial, &[])
+}
+
+/// The classifier's keys: what fine-tuning on other classes initialises anew.
+pub const CLASSIFIER_KEYS: [&str; 2] = ["fc.weight", "fc.bias"];
+
+/// What fine-tuning loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FineTuneReport {
+    /// How the file's keys compared with the network's, the classifier included.
+    pub report: LoadReport,
+    /// The classifier's tensors kept as initialised, with the file's shapes (empty when the
+    /// file's classifier fits and was loaded).
+    pub reinitialised: Vec<(String, Vec<usize>)>,
+}
+
+/// Loads `ckpt` into `model` for fine-tuning: as [`load_into`], except that a classifier shaped
+/// for another number of classes keeps its initial values instead of being an error.
+pub fn load_for_fine_tuning(
+    model: SkNet,
+    ckpt: Checkpoint,
+    allow_partial: bool,
+) -> Result<(SkNet, FineTuneReport), WeightsError> {
+    let (model, report) = load_except(model, ckpt, allow_partial, &CLASSIFIER_KEYS)?;
+    let reinitialised = report
+        .mismatched
+        .iter()
+        .filter(|(k, _, _)| CLASSIFIER_KEYS.contains(&k.as_str()))
+        .map(|(k, _, file)| (k.clone(), file.clone()))
+        .collect();
+    Ok((
+        model,
+        FineTuneReport {
+            report,
+            reinitialised,
+        },
+    ))
+}
+
+/// [`load_into`], where the mis-shaped keys in `tolerated` keep their initial values without
+/// needing `allow_partial`.
+fn load_except(
+    model: SkNet,
+    ckpt: Checkpoint,
+    allow_partial: bool,
+    tolerated: &[&str],
+) -> Result<(SkNet, LoadReport), WeightsError> {
     let ours = named_tensors(&model);
     let report = compare(&ours, &ckpt);
-    if !report.is_exact() && !allow_partial {
+    let mut strict = report.clone();
+    strict
+        .mismatched
+        .retain(|(k, _, _)| !tolerated.contains(&k.as_str()));
+    if !strict.is_exact() && !allow_partial {
         let fits = infer_preset(&ckpt).filter(|name| *name != model.config.name);
         return Err(WeightsError::Mismatch {
             path: ckpt.path.clone(),
             arch: model.config.name.clone(),
             fits,
-            report: report.describe(),
+            report: strict.describe(),
         });
     }
     let shapes: HashMap<&str, &Vec<usize>> =
@@ -216,6 +267,23 @@ pub struct Pretrained {
     pub report: LoadReport,
 }
 
+/// Reads a weights file (a path, or `hf:OWNER/NAME[/FILE]` through the Hugging Face hub cache);
+/// unless `allow_nonfinite`, a tensor holding NaN or infinite values is an error naming it.
+pub fn read_weights(spec: &str, allow_nonfinite: bool) -> Result<Checkpoint, WeightsError> {
+    let path = super::hub::local_path(spec)?;
+    let ckpt = Checkpoint::read(&path)?;
+    if !allow_nonfinite {
+        let keys = ckpt.non_finite_keys();
+        if !keys.is_empty() {
+            return Err(WeightsError::NonFinite {
+                path: ckpt.path.clone(),
+                keys,
+            });
+        }
+    }
+    Ok(ckpt)
+}
+
 /// Reads a weights file (a path, or `hf:OWNER/NAME[/FILE]` through the Hugging Face hub cache),
 /// builds the network it is for (see [`resolve_config`]) and loads it.
 ///
@@ -228,17 +296,7 @@ pub fn load_pretrained(
     options: &LoadOptions,
     device: &Device,
 ) -> Result<Pretrained, WeightsError> {
-    let path = super::hub::local_path(spec)?;
-    let ckpt = Checkpoint::read(&path)?;
-    if !options.allow_nonfinite {
-        let keys = ckpt.non_finite_keys();
-        if !keys.is_empty() {
-            return Err(WeightsError::NonFinite {
-                path: ckpt.path.clone(),
-                keys,
-            });
-        }
-    }
+    let ckpt = read_weights(spec, options.allow_nonfinite)?;
     let config = resolve_config(&ckpt, options.arch.as_deref(), options.config.clone())?;
     let classes = super::metadata::class_names(&ckpt)?;
     let preprocess = super::metadata::preprocess(&ckpt)?;
