@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use burn::optim::GradientsParams;
 use burn::tensor::{Distribution, Tensor};
-use sknet::train::optim::{Sgd, SgdConfig};
+use sknet::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -22,9 +22,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.num_classes = 10;
     let device = sknet::device::training_device();
     let mut model = sknet::weights::seeded_init(sknet::SkNet::new(&config, &device)?, 0);
-    let mut sgd = Sgd::new(SgdConfig {
-        momentum: 0.9,
-        nesterov: true,
+    let mut sgd = Optimizer::new(OptimizerConfig {
+        kind: OptimizerKind::Sgd {
+            momentum: 0.9,
+            nesterov: true,
+        },
         weight_decay: 5e-4,
         backbone_lr_scale: 1.0,
     });

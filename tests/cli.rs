@@ -397,21 +397,39 @@ fn train_init_fine_tunes_timm_weights_and_says_the_classifier_is_new() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("missing from the file"), "{err}");
-    for (flag, value) in [
-        ("--backbone-lr-scale", "-1"),
-        ("--backbone-lr-scale", "nan"),
+    // Recipe settings out of range: the error names the setting, the hint the flag.
+    for (extra, field, flag) in [
+        (
+            &["--backbone-lr-scale=-1"][..],
+            "backbone_lr_scale",
+            "--backbone-lr-scale",
+        ),
+        (
+            &["--backbone-lr-scale", "nan"][..],
+            "backbone_lr_scale",
+            "--backbone-lr-scale",
+        ),
+        (
+            &["--opt", "adamw", "--opt-betas", "1.5", "0.9"][..],
+            "betas",
+            "--opt-betas",
+        ),
+        (
+            &["--opt", "adamw", "--opt-eps", "0"][..],
+            "eps",
+            "--opt-eps",
+        ),
+        (&["--min-lr", "0.5"][..], "min_lr", "--min-lr"),
     ] {
-        let (code, _, err) = run(&[
-            "--config",
-            config.to_str().unwrap(),
-            &format!("{flag}={value}"),
-            "--output",
-            dir.join("bad2").to_str().unwrap(),
-        ]);
-        assert_eq!(code, 2, "{err}");
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend(extra);
+        let bad = dir.join("bad2");
+        args.extend(["--output", bad.to_str().unwrap()]);
+        let (code, _, err) = run(&args);
+        assert_eq!(code, 2, "{extra:?}: {err}");
         assert!(
-            err.contains("backbone_lr_scale") && err.contains("--backbone-lr-scale"),
-            "{err}"
+            err.contains(field) && err.contains(flag),
+            "{extra:?}: {err}"
         );
     }
     let _ = std::fs::remove_dir_all(&dir);

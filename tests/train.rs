@@ -51,9 +51,13 @@ fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
             step_epochs: 30,
             gamma: 0.1,
             epochs,
+            min_lr: 0.0,
         },
+        optimizer: Default::default(),
         momentum: 0.9,
         nesterov: true,
+        betas: [0.9, 0.999],
+        eps: 1e-8,
         weight_decay: 5e-4,
         label_smoothing: 0.1,
         augment: Augment::Cifar,
@@ -486,5 +490,43 @@ fn fine_tuning_weights_of_another_network_names_the_keys_and_the_preset_that_fit
     )
     .unwrap();
     assert_eq!(history.len(), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_adamw_run_resumes_exactly_and_refuses_another_optimizer() {
+    let _serial = serial();
+    let dir = scratch("adamw");
+    let data = small_dataset(&dir);
+    let adamw = |out: &Path| TrainSettings {
+        optimizer: sknet::train::optim::OptimizerName::AdamW,
+        betas: [0.9, 0.99],
+        weight_decay: 0.05,
+        schedule: LrSchedule {
+            lr: 2e-3,
+            min_lr: 1e-4,
+            ..settings(&data, out, 3).schedule
+        },
+        ..settings(&data, out, 3)
+    };
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let full = train(adamw(&a), None, None).unwrap();
+    train(adamw(&b), None, Some(2)).unwrap();
+    let ckpt = Checkpoint::read(&b.join("checkpoint.safetensors")).unwrap();
+    assert!(ckpt.tensors.keys().any(|k| k.starts_with("exp_avg_sq.")));
+    assert!(!ckpt.tensors.keys().any(|k| k.starts_with("momentum.")));
+    let sgd = TrainSettings {
+        optimizer: sknet::train::optim::OptimizerName::Sgd,
+        ..adamw(&b)
+    };
+    let err = train(sgd, Some(&b.join("checkpoint.safetensors")), None).unwrap_err();
+    assert!(err.to_string().contains("optimizer"), "{err}");
+    let rest = train(adamw(&b), Some(&b.join("checkpoint.safetensors")), None).unwrap();
+    assert_eq!(full[2].val_loss, rest[2].val_loss);
+    let resumed = max_diff(
+        &weights(&a.join("last.safetensors")),
+        &weights(&b.join("last.safetensors")),
+    );
+    assert_eq!(resumed, 0.0, "the resumed AdamW run differs");
     let _ = std::fs::remove_dir_all(&dir);
 }

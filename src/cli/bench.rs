@@ -14,7 +14,7 @@ use sknet::presets;
 use super::args::parse_input_size;
 use super::CliError;
 use sknet::model::SkNet;
-use sknet::train::optim::{Sgd, SgdConfig};
+use sknet::train::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 
 /// `sknet bench` arguments.
 #[derive(Debug, clap::Args)]
@@ -138,11 +138,13 @@ pub fn bench(
             SkNet::new(config, &device).expect("run() built it once already"),
             0,
         );
-        let mut sgd = Sgd::new(SgdConfig {
-            momentum: 0.9,
-            nesterov: false,
-            backbone_lr_scale: 1.0,
+        let mut sgd = Optimizer::new(OptimizerConfig {
+            kind: OptimizerKind::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
             weight_decay: 1e-4,
+            backbone_lr_scale: 1.0,
         });
         for i in 0..warmup + runs {
             let x = Tensor::<4>::random(

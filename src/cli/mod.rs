@@ -83,10 +83,15 @@ impl CliError {
                 sknet::train::TrainError::NotFinite { .. }
                 | sknet::train::TrainError::NonFiniteWeights { .. },
             ) => Some("try a lower --lr".into()),
-            CliError::Train(sknet::train::TrainError::Invalid { field, .. }) => Some(format!(
-                "see --{} in `sknet train --help`",
-                field.replace('_', "-")
-            )),
+            CliError::Train(sknet::train::TrainError::Invalid { field, .. }) => {
+                // Flags are the fields' names, but for timm's names of AdamW's settings.
+                let flag = match *field {
+                    "betas" => "opt-betas".to_string(),
+                    "eps" => "opt-eps".to_string(),
+                    other => other.replace('_', "-"),
+                };
+                Some(format!("see --{flag} in `sknet train --help`"))
+            }
             _ => None,
         }
     }

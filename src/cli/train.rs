@@ -48,13 +48,27 @@ pub struct TrainArgs {
     /// Step schedule: decay factor.
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f64,
+    /// Cosine schedule: the learning rate it decays to.
+    #[arg(long, default_value_t = 0.0)]
+    pub min_lr: f64,
+    /// Optimizer (timm's --opt): sgd (momentum, as torch.optim.SGD) or adamw (as
+    /// torch.optim.AdamW, decoupled weight decay).
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub opt: sknet::train::optim::OptimizerName,
+    /// AdamW: beta1 and beta2.
+    #[arg(long, num_args = 2, value_names = ["BETA1", "BETA2"], default_values_t = [0.9, 0.999])]
+    pub opt_betas: Vec<f64>,
+    /// AdamW: epsilon.
+    #[arg(long, default_value_t = 1e-8)]
+    pub opt_eps: f64,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9)]
     pub momentum: f64,
     /// Nesterov momentum.
     #[arg(long)]
     pub nesterov: bool,
-    /// Weight decay on conv and linear weights (BatchNorm and biases are not decayed).
+    /// Weight decay on conv and linear weights (BatchNorm and biases are not decayed): L2 for
+    /// SGD, decoupled for AdamW (try 0.05).
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
     /// Label smoothing.
@@ -144,9 +158,13 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
             step_epochs: args.step_epochs,
             gamma: args.gamma,
             epochs: args.epochs,
+            min_lr: args.min_lr,
         },
+        optimizer: args.opt,
         momentum: args.momentum,
         nesterov: args.nesterov,
+        betas: [args.opt_betas[0], args.opt_betas[1]],
+        eps: args.opt_eps,
         weight_decay: args.weight_decay,
         label_smoothing: args.label_smoothing,
         augment,

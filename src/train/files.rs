@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::optim::Sgd;
+use super::optim::{Optimizer, STATE_BUFFERS};
 use super::{plot, EpochMetrics, TrainError, TrainState, META_PREPROCESS, META_STATE};
 use crate::infer::Preprocess;
 use crate::model::SkNet;
@@ -12,11 +12,11 @@ use crate::weights::checkpoint::WeightsError;
 use crate::weights::checkpoint::{write_atomic, write_safetensors, Checkpoint, OutTensor};
 use crate::weights::load;
 
-/// Writes the training checkpoint (weights, momentum, state) atomically.
+/// Writes the training checkpoint (weights, optimizer buffers, state) atomically.
 pub(super) fn save_checkpoint(
     path: &Path,
     model: &SkNet,
-    sgd: &Sgd,
+    optimizer: &Optimizer,
     state: &TrainState,
     classes: &[String],
 ) -> Result<(), WeightsError> {
@@ -24,9 +24,9 @@ pub(super) fn save_checkpoint(
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t))
         .collect();
-    for (k, v) in sgd.state() {
+    for (k, v) in optimizer.state() {
         let n = v.len();
-        tensors.push((format!("momentum.{k}"), OutTensor::F32(vec![n], v)));
+        tensors.push((k, OutTensor::F32(vec![n], v)));
     }
     let mut meta = weights_metadata(model, classes, &state.settings.preprocess);
     meta.insert(
@@ -68,13 +68,13 @@ pub(super) fn save_weights(
 pub(super) struct TrainCheckpoint {
     /// The model's tensors, keyed as in weights files.
     pub model: Checkpoint,
-    /// The momentum buffers, by parameter key.
-    pub momentum: Vec<(String, Vec<f32>)>,
+    /// The optimizer's buffers, named `<buffer>.<parameter key>`.
+    pub optimizer: Vec<(String, Vec<f32>)>,
     /// Where training stood.
     pub state: TrainState,
 }
 
-/// Reads a training checkpoint: model tensors, momentum buffers, state.
+/// Reads a training checkpoint: model tensors, optimizer buffers, state.
 pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError> {
     let ckpt = Checkpoint::read(path)?;
     let resume_err = |message: String| TrainError::Resume {
@@ -95,17 +95,20 @@ pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError
         metadata: ckpt.metadata.clone(),
         ..Default::default()
     };
-    let mut momentum = Vec::new();
+    let mut optimizer = Vec::new();
     for (k, t) in ckpt.tensors {
         if let Some(key) = k.strip_prefix("model.") {
             model.tensors.insert(key.to_string(), t);
-        } else if let Some(key) = k.strip_prefix("momentum.") {
-            momentum.push((key.to_string(), t.data));
+        } else if k
+            .split_once('.')
+            .is_some_and(|(buffer, _)| STATE_BUFFERS.contains(&buffer))
+        {
+            optimizer.push((k, t.data));
         }
     }
     Ok(TrainCheckpoint {
         model,
-        momentum,
+        optimizer,
         state,
     })
 }

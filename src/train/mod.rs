@@ -38,6 +38,7 @@ use crate::data::augment::Augment;
 use crate::data::DataError;
 use crate::infer::Preprocess;
 use crate::weights::checkpoint::WeightsError;
+use optim::{OptimizerConfig, OptimizerKind, OptimizerName};
 use schedule::LrSchedule;
 
 pub use crate::weights::metadata::{META_PREPROCESS, META_STATE};
@@ -136,10 +137,19 @@ pub struct TrainSettings {
     pub batch: usize,
     /// Schedule.
     pub schedule: LrSchedule,
-    /// Momentum.
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerName,
+    /// SGD momentum.
     pub momentum: f64,
-    /// Nesterov momentum.
+    /// SGD: Nesterov momentum.
     pub nesterov: bool,
+    /// AdamW: the decay rates of the gradient's first and second moments.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// AdamW: added to the second moment's root.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
     /// Weight decay (conv and linear weights only).
     pub weight_decay: f64,
     /// Label smoothing.
@@ -174,6 +184,35 @@ pub struct TrainSettings {
 
 fn one() -> f64 {
     1.0
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl TrainSettings {
+    /// The optimizer these settings describe.
+    pub fn optimizer_config(&self) -> OptimizerConfig {
+        let kind = match self.optimizer {
+            OptimizerName::Sgd => OptimizerKind::Sgd {
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+            },
+            OptimizerName::AdamW => OptimizerKind::AdamW {
+                betas: self.betas,
+                eps: self.eps,
+            },
+        };
+        OptimizerConfig {
+            kind,
+            weight_decay: self.weight_decay,
+            backbone_lr_scale: self.backbone_lr_scale,
+        }
+    }
 }
 
 /// Most images in one batch.
@@ -246,6 +285,15 @@ impl TrainSettings {
             100.0,
             false,
         )?;
+        real("betas", self.betas[0], 0.0, 1.0, true)?;
+        real("betas", self.betas[1], 0.0, 1.0, true)?;
+        if !(self.eps.is_finite() && self.eps > 0.0 && self.eps <= 1.0) {
+            return invalid(
+                "eps",
+                format!("must be finite and within (0, 1], found {}", self.eps),
+            );
+        }
+        real("min_lr", schedule.min_lr, 0.0, schedule.lr, false)?;
         real("weight_decay", self.weight_decay, 0.0, 1.0, false)?;
         real("label_smoothing", self.label_smoothing, 0.0, 1.0, true)
     }

@@ -13,7 +13,7 @@ use super::files::{
 };
 use super::loss::{argmax_hits, cross_entropy};
 use super::observer::{RunInfo, StepProgress, TrainObserver};
-use super::optim::{Sgd, SgdConfig};
+use super::optim::Optimizer;
 use super::{EpochMetrics, TrainError, TrainSettings, TrainState};
 use crate::data::loader::{Batch, Loader, LoaderConfig};
 use crate::data::Dataset;
@@ -41,7 +41,7 @@ pub struct Trainer {
     device: Device,
     /// Taken out only for the optimizer step, which consumes and returns it.
     model: Option<SkNet>,
-    sgd: Sgd,
+    optimizer: Optimizer,
     /// With `freeze`: the backbone in inference mode (BatchNorm folded, on `inner`), which the
     /// steps run without gradients; only the classifier of `model` trains.
     frozen: Option<SkNet>,
@@ -99,12 +99,7 @@ impl Trainer {
         inner.seed(s.seed);
         let model =
             SkNet::new(&s.config, &device).map_err(|e| TrainError::Setting(e.to_string()))?;
-        let sgd = Sgd::new(SgdConfig {
-            momentum: s.momentum,
-            nesterov: s.nesterov,
-            weight_decay: s.weight_decay,
-            backbone_lr_scale: s.backbone_lr_scale,
-        });
+        let optimizer = Optimizer::new(s.optimizer_config());
         let steps_per_epoch = train_idx.len() / s.batch;
         if steps_per_epoch == 0 {
             return Err(TrainError::Setting(format!(
@@ -122,7 +117,7 @@ impl Trainer {
             inner,
             device,
             model: Some(model),
-            sgd,
+            optimizer,
             frozen: None,
             steps_per_epoch,
             epoch: 0,
@@ -150,7 +145,7 @@ impl Trainer {
     ) -> Result<(), TrainError> {
         let TrainCheckpoint {
             model,
-            momentum,
+            optimizer,
             state,
         } = read_checkpoint(checkpoint)?;
         if state.settings.config != self.settings.config {
@@ -171,9 +166,19 @@ impl Trainer {
                 ),
             });
         }
+        if state.settings.optimizer != self.settings.optimizer {
+            return Err(TrainError::Resume {
+                path: checkpoint.display().to_string(),
+                message: format!(
+                    "it was made with the {:?} optimizer, not {:?}: its buffers do not carry over",
+                    state.settings.optimizer, self.settings.optimizer
+                ),
+            });
+        }
         // The model's parameters are shared by the clone, not copied.
         self.model = Some(load_into(self.model().clone(), model, false)?.0);
-        self.sgd.restore(momentum, &self.inner);
+        self.optimizer
+            .restore(optimizer, state.step as u64, &self.inner);
         self.epoch = state.epoch;
         self.step = state.step;
         self.best_top1 = state.best_top1;
@@ -376,12 +381,12 @@ impl Trainer {
             });
         }
         let model = self.model.take().expect(MODEL_IN_STEP);
-        let sgd = &mut self.sgd;
+        let optimizer = &mut self.optimizer;
         self.model = Some(crate::ops::on_cpu_pool(|| {
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            sgd.step(model, grads, lr)
+            optimizer.step(model, grads, lr)
         }));
-        if let Some(parameter) = self.sgd.non_finite() {
+        if let Some(parameter) = self.optimizer.non_finite() {
             return Err(TrainError::NonFiniteWeights {
                 parameter: parameter.to_string(),
                 epoch: self.epoch + 1,
@@ -447,7 +452,7 @@ impl Trainer {
         save_checkpoint(
             &s.output.join("checkpoint.safetensors"),
             &valid,
-            &self.sgd,
+            &self.optimizer,
             &self.state(),
             classes,
         )?;
