@@ -65,6 +65,18 @@ pub struct EvalReport {
     pub confusion: Vec<Vec<usize>>,
 }
 
+/// How to run an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Images per forward pass.
+    pub batch: usize,
+    /// Decoding threads.
+    pub workers: usize,
+    /// Flip test-time augmentation: the logits are the mean of the image's and its mirror
+    /// image's (as the fast CIFAR-10 trainers do).
+    pub flip: bool,
+}
+
 /// Evaluates `model` (in inference mode) on `indices` of `data`, whose labels index `classes`
 /// through `label_map` (dataset label -> model class). Images that cannot be decoded are left
 /// out, counted in [`EvalReport::skipped`] and listed in [`EvalReport::skipped_images`].
@@ -80,8 +92,7 @@ pub fn evaluate(
     label_map: &[usize],
     classes: &[String],
     pre: &Preprocess,
-    batch: usize,
-    workers: usize,
+    options: EvalOptions,
     device: &Device,
 ) -> Result<EvalReport, EvalError> {
     let k = classes.len();
@@ -89,8 +100,8 @@ pub fn evaluate(
         data.clone(),
         indices,
         LoaderConfig {
-            batch,
-            workers,
+            batch: options.batch,
+            workers: options.workers,
             shuffle: false,
             drop_last: false,
             augment: Augment::None,
@@ -109,7 +120,14 @@ pub fn evaluate(
             continue;
         }
         let x = Tensor::<4>::from_data(TensorData::new(b.pixels, [m, 3, h, w]), device);
-        let logp = values_f32(log_softmax(model.forward(x), 1));
+        let logits = match options.flip {
+            true => {
+                let mirrored = model.forward(x.clone().flip([3]));
+                model.forward(x).add(mirrored).div_scalar(2.0)
+            }
+            false => model.forward(x),
+        };
+        let logp = values_f32(log_softmax(logits, 1));
         for (i, &label) in b.labels.iter().enumerate() {
             let target = label_map[label];
             let row = &logp[i * k..(i + 1) * k];

@@ -530,3 +530,71 @@ fn an_adamw_run_resumes_exactly_and_refuses_another_optimizer() {
     assert_eq!(resumed, 0.0, "the resumed AdamW run differs");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn flip_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror() {
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Tensor, TensorData};
+    let dir = scratch("tta");
+    let data = small_dataset(&dir);
+    let device = burn::tensor::Device::flex();
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/models/cifar10.safetensors");
+    let loaded = sknet::load_pretrained(shipped, &Default::default(), &device).unwrap();
+    let model = loaded.model.fold_batchnorm();
+    let pre = loaded.preprocess.unwrap();
+    let classes = loaded.classes.unwrap();
+    let ds = std::sync::Arc::new(Dataset::open(&data).unwrap());
+    let label_map: Vec<usize> = ds
+        .classes
+        .iter()
+        .map(|c| classes.iter().position(|k| k == c).unwrap())
+        .collect();
+    let indices: Vec<usize> = (0..ds.len()).collect();
+    let run = |flip| {
+        sknet::eval::evaluate(
+            &model,
+            ds.clone(),
+            &indices,
+            &label_map,
+            &classes,
+            &pre,
+            sknet::eval::EvalOptions {
+                batch: 7,
+                workers: 2,
+                flip,
+            },
+            &device,
+        )
+        .unwrap()
+    };
+    let (plain, tta) = (run(false), run(true));
+    // The mean loss, recomputed one image at a time from the two forward passes.
+    let mut loss = 0.0;
+    for &i in &indices {
+        let img = pre.resize_crop(&ds.load(i).unwrap());
+        let mut mirrored = img.clone();
+        for row in mirrored.data.chunks_mut(img.width * 3) {
+            let pixels: Vec<[u8; 3]> = row.chunks(3).rev().map(|p| [p[0], p[1], p[2]]).collect();
+            row.copy_from_slice(&pixels.concat());
+        }
+        let x = |im: &sknet::infer::resize::Rgb8| {
+            Tensor::<4>::from_data(
+                TensorData::new(pre.normalize(im), [1, 3, pre.size[0], pre.size[1]]),
+                &device,
+            )
+        };
+        let logits = model
+            .forward(x(&img))
+            .add(model.forward(x(&mirrored)))
+            .div_scalar(2.0);
+        let logp = sknet::ops::values_f32(log_softmax(logits, 1));
+        loss -= logp[label_map[ds.label(i)]] as f64;
+    }
+    loss /= indices.len() as f64;
+    assert!((tta.loss - loss).abs() < 1e-5, "{} vs {loss}", tta.loss);
+    assert!(
+        (tta.loss - plain.loss).abs() > 1e-4,
+        "the flip changed nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

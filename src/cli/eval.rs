@@ -35,6 +35,9 @@ pub struct EvalArgs {
     /// images. `learned` is plain evaluation.
     #[arg(long, value_name = "learned|uniform|branch:K")]
     pub select: Option<String>,
+    /// Test-time augmentation: average the logits of each image and its mirror image.
+    #[arg(long)]
+    pub tta_flip: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -134,8 +137,11 @@ pub fn run(args: EvalArgs) -> Result<String, CliError> {
             &label_map,
             &classes,
             &pre,
-            args.batch,
-            args.workers,
+            sknet::eval::EvalOptions {
+                batch: args.batch,
+                workers: args.workers,
+                flip: args.tta_flip,
+            },
             &device,
         )
         .map_err(|source| CliError::Eval {

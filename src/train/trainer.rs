@@ -415,8 +415,11 @@ impl Trainer {
             &identity,
             &self.data.classes,
             &self.settings.preprocess,
-            VALIDATION_BATCH,
-            self.settings.workers,
+            crate::eval::EvalOptions {
+                batch: VALIDATION_BATCH,
+                workers: self.settings.workers,
+                flip: false,
+            },
             &self.inner,
         )
     }
