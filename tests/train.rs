@@ -75,6 +75,7 @@ fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
         allow_partial: false,
         freeze: false,
         backbone_lr_scale: 1.0,
+        grad_accum_steps: 1,
     }
 }
 

@@ -107,6 +107,10 @@ pub struct TrainArgs {
     /// Train only the classifier; the backbone keeps its weights and BatchNorm statistics.
     #[arg(long)]
     pub freeze: bool,
+    /// Batches whose gradients make one optimizer step (an effective batch of
+    /// --batch x N), within 1..=1024.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum_steps: usize,
     /// The backbone's learning rate as a multiple of --lr (the classifier's), within [0, 100].
     #[arg(long, default_value_t = 1.0)]
     pub backbone_lr_scale: f64,
@@ -176,6 +180,7 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
         allow_partial: args.allow_partial,
         freeze: args.freeze,
         backbone_lr_scale: args.backbone_lr_scale,
+        grad_accum_steps: args.grad_accum_steps,
     };
     let history = sknet::train::train_with(
         settings,

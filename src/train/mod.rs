@@ -180,6 +180,14 @@ pub struct TrainSettings {
     /// The backbone's learning rate as a multiple of the classifier's (the schedule's).
     #[serde(default = "one")]
     pub backbone_lr_scale: f64,
+    /// Batches whose gradients add up to one optimizer step (timm's `grad_accum_steps`): each
+    /// batch's loss is divided by it, and an epoch's last batches make a step of their own.
+    #[serde(default = "one_step")]
+    pub grad_accum_steps: usize,
+}
+
+fn one_step() -> usize {
+    1
 }
 
 fn one() -> f64 {
@@ -219,6 +227,8 @@ impl TrainSettings {
 pub const MAX_BATCH: usize = 4096;
 /// Most epochs of one run.
 pub const MAX_EPOCHS: usize = 100_000;
+/// Most batches per optimizer step.
+pub const MAX_GRAD_ACCUM_STEPS: usize = 1024;
 /// Most loader threads.
 pub const MAX_WORKERS: usize = 256;
 
@@ -254,6 +264,12 @@ impl TrainSettings {
         count("batch", self.batch, 1, MAX_BATCH)?;
         count("epochs", self.epochs, 1, MAX_EPOCHS)?;
         count("workers", self.workers, 1, MAX_WORKERS)?;
+        count(
+            "grad_accum_steps",
+            self.grad_accum_steps,
+            1,
+            MAX_GRAD_ACCUM_STEPS,
+        )?;
         // Validation picks best.safetensors: it needs images.
         count("val_per_class", self.val_per_class, 1, usize::MAX)?;
         let schedule = &self.schedule;

@@ -99,11 +99,16 @@ fn tiny_run(tag: &str) -> TrainSettings {
         allow_partial: false,
         freeze: false,
         backbone_lr_scale: 1.0,
+        grad_accum_steps: 1,
     }
 }
 
+/// One training run at a time: burn's autodiff backend is not meant for two in one process.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn the_trainer_reports_each_step_skipped_image_and_epoch() {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let settings = tiny_run("observer");
     let output = settings.output.clone();
     let mut recorder = Recorder::default();
@@ -160,4 +165,92 @@ fn the_trainer_reports_each_step_skipped_image_and_epoch() {
     assert!(matches!(err, TrainError::Setting(_)), "{err}");
     let jsonl = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
     assert_eq!(jsonl.lines().count(), 2);
+}
+
+/// Gradient accumulation, recomputed by hand: the same batches in the same order, each loss
+/// divided by the number of batches per step, an optimizer step after every second batch and
+/// after the epoch's last.
+#[test]
+fn accumulated_gradients_make_one_step_of_several_batches() {
+    use burn::module::Module;
+    use burn::optim::{GradientsAccumulator, GradientsParams};
+    use burn::tensor::{Tensor, TensorData};
+
+    use crate::data::loader::Loader;
+
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let base = tiny_run("accum");
+    let s = TrainSettings {
+        grad_accum_steps: 2,
+        ..base.clone()
+    };
+    // The run's initial network and loader: a trainer builds them from the seed, as the run
+    // will.
+    let probe = Trainer::new(TrainSettings {
+        output: s.output.with_file_name("probe"),
+        ..s.clone()
+    })
+    .unwrap();
+    let mut model = probe.model().clone();
+    // burn initialises parameters when they are first read: read them now, before the run
+    // below draws from the seeded generator again.
+    let _ = crate::weights::load::state_dict(&model.valid()).unwrap();
+    let run = train(s.clone(), None, Some(1)).unwrap();
+    assert_eq!(run.len(), 1);
+    let data = std::sync::Arc::new(crate::data::Dataset::open(&s.data).unwrap());
+    let (train_idx, _) = data.split(s.val_per_class).unwrap();
+    let loader = Loader::new(data, &train_idx, probe.loader_config(), 0);
+    let device = crate::device::training_device();
+    let batches: Vec<_> = loader.collect();
+    assert_eq!(batches.len(), 3, "12 images in batches of 4");
+    let steps_per_epoch = 2;
+    let mut optimizer = super::optim::Optimizer::new(s.optimizer_config());
+    let mut accumulated = GradientsAccumulator::<crate::SkNet>::new();
+    let mut step = 0;
+    for (i, batch) in batches.into_iter().enumerate() {
+        let n = batch.labels.len();
+        let [h, w] = s.preprocess.size;
+        let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, h, w]), &device);
+        let loss =
+            super::loss::cross_entropy(model.forward(x), &batch.labels, s.label_smoothing, &device)
+                .div_scalar(2.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        accumulated.accumulate(&model, grads);
+        if i % 2 == 1 || i == 2 {
+            let lr = s.schedule.at(step, steps_per_epoch);
+            model = optimizer.step(model, accumulated.grads(), lr);
+            step += 1;
+        }
+    }
+    assert_eq!(step, 2);
+    let want = crate::weights::load::state_dict(&model.valid()).unwrap();
+    let got =
+        crate::weights::checkpoint::Checkpoint::read(&s.output.join("last.safetensors")).unwrap();
+    let mut compared = 0;
+    for (key, tensor) in want {
+        if let crate::weights::checkpoint::OutTensor::F32(_, values) = tensor {
+            let file = &got.tensors[&key].data;
+            let worst = values
+                .iter()
+                .zip(file)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "{key}: differs by {worst:e}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 10);
+    // Without accumulation the same epoch takes three steps and ends elsewhere.
+    let plain = TrainSettings {
+        output: s.output.with_file_name("plain"),
+        ..base
+    };
+    train(plain.clone(), None, Some(1)).unwrap();
+    let other =
+        crate::weights::checkpoint::Checkpoint::read(&plain.output.join("last.safetensors"))
+            .unwrap();
+    assert_ne!(
+        other.tensors["fc.weight"].data,
+        got.tensors["fc.weight"].data
+    );
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::files::{
@@ -45,6 +45,10 @@ pub struct Trainer {
     /// With `freeze`: the backbone in inference mode (BatchNorm folded, on `inner`), which the
     /// steps run without gradients; only the classifier of `model` trains.
     frozen: Option<SkNet>,
+    /// The gradients of the batches since the last optimizer step, and how many there are.
+    accumulated: GradientsAccumulator<SkNet>,
+    pending: usize,
+    /// Optimizer steps per epoch.
     steps_per_epoch: usize,
     epoch: usize,
     step: usize,
@@ -100,7 +104,8 @@ impl Trainer {
         let model =
             SkNet::new(&s.config, &device).map_err(|e| TrainError::Setting(e.to_string()))?;
         let optimizer = Optimizer::new(s.optimizer_config());
-        let steps_per_epoch = train_idx.len() / s.batch;
+        let batches = train_idx.len() / s.batch;
+        let steps_per_epoch = batches.div_ceil(s.grad_accum_steps);
         if steps_per_epoch == 0 {
             return Err(TrainError::Setting(format!(
                 "{} training images are fewer than one batch of {}",
@@ -119,6 +124,8 @@ impl Trainer {
             model: Some(model),
             optimizer,
             frozen: None,
+            accumulated: GradientsAccumulator::new(),
+            pending: 0,
             steps_per_epoch,
             epoch: 0,
             step: 0,
@@ -320,7 +327,10 @@ impl Trainer {
             if batch.labels.is_empty() {
                 continue;
             }
-            if let Err(error) = self.train_step(batch, index, &mut totals) {
+            // With accumulation, the optimizer steps every `grad_accum_steps` batches and
+            // after the epoch's last.
+            let update = index % self.settings.grad_accum_steps == 0 || index == steps;
+            if let Err(error) = self.train_step(batch, index, update, &mut totals) {
                 observer.epoch_aborted(&error);
                 return Err(error);
             }
@@ -334,6 +344,13 @@ impl Trainer {
                 images_per_s: totals.seen as f64 / train_start.elapsed().as_secs_f64(),
             });
         }
+        // The last batches were empty (every image undecodable): what they follow still counts.
+        if self.pending > 0 {
+            if let Err(error) = self.apply_gradients(index, &mut totals) {
+                observer.epoch_aborted(&error);
+                return Err(error);
+            }
+        }
         totals.seconds = train_start.elapsed().as_secs_f64();
         for image in loader.take_skipped() {
             observer.image_skipped(&image);
@@ -341,16 +358,16 @@ impl Trainer {
         Ok(totals)
     }
 
-    /// One optimizer step on a non-empty `batch`, the `index`-th (1-based) of the epoch.
+    /// The gradients of a non-empty `batch`, the `index`-th (1-based) of the epoch, added to
+    /// those accumulated; with `update`, then an optimizer step with them.
     fn train_step(
         &mut self,
         batch: Batch,
         index: usize,
+        update: bool,
         totals: &mut StepTotals,
     ) -> Result<(), TrainError> {
         let n = batch.labels.len();
-        let lr = self.lr();
-        totals.lr = lr;
         let [h, w] = self.settings.preprocess.size;
         let pixels = TensorData::new(batch.pixels, [n, 3, h, w]);
         let logits = match &self.frozen {
@@ -380,12 +397,37 @@ impl Trainer {
                 dir: self.settings.output.display().to_string(),
             });
         }
+        // timm's accumulation: each batch's loss divided by the number of batches per step.
+        let accum = self.settings.grad_accum_steps;
+        let loss = if accum > 1 {
+            loss.div_scalar(accum as f64)
+        } else {
+            loss
+        };
+        let model = self.model.as_ref().expect(MODEL_IN_STEP);
+        let accumulated = &mut self.accumulated;
+        crate::ops::on_cpu_pool(|| {
+            let grads = GradientsParams::from_grads(loss.backward(), model);
+            accumulated.accumulate(model, grads);
+        });
+        self.pending += 1;
+        totals.loss_sum += value as f64 * n as f64;
+        totals.seen += n;
+        if update {
+            self.apply_gradients(index, totals)?;
+        }
+        Ok(())
+    }
+
+    /// An optimizer step with the accumulated gradients, at the schedule's learning rate.
+    fn apply_gradients(&mut self, index: usize, totals: &mut StepTotals) -> Result<(), TrainError> {
+        let lr = self.lr();
+        totals.lr = lr;
+        let grads = self.accumulated.grads();
+        self.pending = 0;
         let model = self.model.take().expect(MODEL_IN_STEP);
         let optimizer = &mut self.optimizer;
-        self.model = Some(crate::ops::on_cpu_pool(|| {
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            optimizer.step(model, grads, lr)
-        }));
+        self.model = Some(crate::ops::on_cpu_pool(|| optimizer.step(model, grads, lr)));
         if let Some(parameter) = self.optimizer.non_finite() {
             return Err(TrainError::NonFiniteWeights {
                 parameter: parameter.to_string(),
@@ -395,8 +437,6 @@ impl Trainer {
             });
         }
         self.step += 1;
-        totals.loss_sum += value as f64 * n as f64;
-        totals.seen += n;
         Ok(())
     }
 
@@ -517,7 +557,7 @@ impl Trainer {
         self.settings.schedule.at(self.step, self.steps_per_epoch)
     }
 
-    fn loader_config(&self) -> LoaderConfig {
+    pub(super) fn loader_config(&self) -> LoaderConfig {
         let s = &self.settings;
         LoaderConfig {
             batch: s.batch,
