@@ -469,3 +469,61 @@ fn predict_adds_each_units_large_kernel_weight_when_asked() {
     assert!(plain[0].get("attention").is_none());
     assert_eq!(plain[0]["top"], v[0]["top"]);
 }
+
+#[test]
+fn every_branch_is_reported_when_there_are_more_than_two() {
+    // timm's SK basic block with M = 4 (3x3 kernels of dilation 1 to 4), random weights.
+    let fx = common::fixture("tiny_basic_m4_timm.json");
+    let device = Device::flex();
+    let model = common::model(&fx, &device).fold_batchnorm();
+    let units = attention::units(&model);
+    assert_eq!(units.len(), 4);
+    assert_eq!(
+        units[0].kernels,
+        [
+            "3x3",
+            "5x5 (3x3, dilation 2)",
+            "7x7 (3x3, dilation 3)",
+            "9x9 (3x3, dilation 4)"
+        ]
+    );
+    assert_eq!((units[0].smallest, units[0].largest), (0, 3));
+    let dir = scratch("m4");
+    let data = Arc::new(Dataset::open(&common::small_dataset(&dir)).unwrap());
+    let indices: Vec<usize> = (0..data.len()).step_by(5).collect();
+    let settings = AttentionSettings {
+        scales: vec![1.0, 1.5],
+        units: vec![0, 3],
+        batch: 3,
+        workers: 1,
+    };
+    let pre = Preprocess::imagenet([64, 64]);
+    let report = attention::analyse(
+        &model,
+        data,
+        &indices,
+        &pre,
+        &settings,
+        &mut attention::NoopObserver,
+        &device,
+    )
+    .unwrap();
+    for (si, scale) in report.branch_means.iter().enumerate() {
+        for (j, unit) in scale.iter().enumerate() {
+            assert_eq!(unit.len(), 4, "every branch");
+            let c = unit[0].len();
+            // The weights sum to 1 over the branches, so their means do too.
+            for ch in 0..c {
+                let sum: f64 = unit.iter().map(|b| b[ch]).sum();
+                assert!(
+                    (sum - 1.0).abs() < 1e-5,
+                    "scale {si} unit {j} channel {ch}: {sum}"
+                );
+            }
+            // The difference is the largest kernel's mean weight minus the smallest's.
+            let d = (0..c).map(|ch| unit[3][ch] - unit[0][ch]).sum::<f64>() / c as f64;
+            assert!((d - report.mean_difference[si][j]).abs() < 1e-6);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
