@@ -139,16 +139,18 @@ pub fn select_units(all: &[UnitInfo], names: &[String]) -> Result<Vec<usize>, At
         .map(|name| {
             all.iter()
                 .position(|u| &u.name == name || &u.path == name)
-                .ok_or_else(|| AttentionError::UnknownUnit {
-                    name: name.clone(),
-                    known: all
-                        .iter()
-                        .map(|u| u.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                })
+                .ok_or_else(|| unknown_unit(name.clone(), all))
         })
         .collect()
+}
+
+/// The error for a unit `name` that is not among `all`, listing those there are.
+fn unknown_unit(name: String, all: &[UnitInfo]) -> AttentionError {
+    let known: Vec<&str> = all.iter().map(|u| u.name.as_str()).collect();
+    AttentionError::UnknownUnit {
+        name,
+        known: known.join(", "),
+    }
 }
 
 /// Checks scales against an input of `[height, width]`: 1 to [`MAX_SCALES`] of them, each
@@ -289,14 +291,7 @@ pub fn analyse(
         return Err(AttentionError::NoUnits);
     }
     if let Some(&bad) = settings.units.iter().find(|&&u| u >= all.len()) {
-        return Err(AttentionError::UnknownUnit {
-            name: format!("#{bad}"),
-            known: all
-                .iter()
-                .map(|u| u.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
-        });
+        return Err(unknown_unit(format!("#{bad}"), &all));
     }
     check_scales(&settings.scales, pre.size)?;
     let selected: Vec<UnitInfo> = settings.units.iter().map(|&u| all[u].clone()).collect();

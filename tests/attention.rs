@@ -387,12 +387,9 @@ fn bad_units_scales_and_data_are_named() {
     let data = common::small_dataset(&dir);
     let data = data.to_str().unwrap();
     let out = dir.join("out");
+    let weights = shipped();
     let run = |extra: &[&str]| {
-        let mut args = vec![
-            "attention",
-            "--weights",
-            &*Box::leak(shipped().into_boxed_str()),
-        ];
+        let mut args = vec!["attention", "--weights", &weights];
         args.extend(["-o", out.to_str().unwrap()]);
         args.extend(extra);
         sknet(&args)

@@ -132,7 +132,10 @@ pub fn predict(
     attention: bool,
     device: &Device,
 ) -> Result<Vec<Prediction>, InferError> {
-    let units = crate::attention::units(model);
+    let units = match attention {
+        true => crate::attention::units(model),
+        false => Vec::new(),
+    };
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(BATCH) {
         let images = chunk

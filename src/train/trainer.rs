@@ -282,15 +282,9 @@ impl Trainer {
             return Ok(());
         };
         let ckpt = read_weights(&spec, false)?;
-        let model = self.model.take().expect(MODEL_IN_STEP);
-        let loaded = load_for_fine_tuning(model.clone(), ckpt, self.settings.allow_partial);
-        let (model, report) = match loaded {
-            Ok(done) => done,
-            Err(e) => {
-                self.model = Some(model);
-                return Err(e.into());
-            }
-        };
+        // The clone shares the parameters; on an error the network stays as it was.
+        let (model, report) =
+            load_for_fine_tuning(self.model().clone(), ckpt, self.settings.allow_partial)?;
         self.model = Some(model);
         observer.initialized(&spec, &report);
         Ok(())
