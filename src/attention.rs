@@ -323,7 +323,7 @@ pub fn analyse(
                 workers: settings.workers,
                 shuffle: false,
                 drop_last: false,
-                augment: crate::data::augment::Augment::None,
+                augment: crate::data::augment::Augment::None.into(),
                 eval: pre.clone(),
                 seed: 0,
                 enlarge: (scale != 1.0).then_some(scale),

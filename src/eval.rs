@@ -104,7 +104,7 @@ pub fn evaluate(
             workers: options.workers,
             shuffle: false,
             drop_last: false,
-            augment: Augment::None,
+            augment: Augment::None.into(),
             eval: pre.clone(),
             seed: 0,
             enlarge: None,

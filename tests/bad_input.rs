@@ -192,6 +192,14 @@ fn training_settings_out_of_range() {
         ("--label-smoothing", "inf", "`label_smoothing`"),
         ("--warmup-epochs", "nan", "`warmup_epochs`"),
         ("--weight-decay", "-0.1", "`weight_decay`"),
+        ("--mixup", "-1", "`mixup`"),
+        ("--cutmix", "nan", "`cutmix`"),
+        ("--mixup-prob", "1.5", "`mixup_prob`"),
+        ("--reprob", "2", "`reprob`"),
+        ("--recount", "0", "`recount`"),
+        ("--model-ema-decay", "1.5", "`model_ema_decay`"),
+        ("--aa", "rand-m99", "`auto_augment`"),
+        ("--aa", "autoaugment-v9", "`auto_augment`"),
     ] {
         let arg = format!("{flag}={value}");
         refused(&["train", &arg, "--output", &out], &[field, flag]);

@@ -76,6 +76,7 @@ fn settings(data: &Path, output: &Path, epochs: usize) -> TrainSettings {
         freeze: false,
         backbone_lr_scale: 1.0,
         grad_accum_steps: 1,
+        recipe: Default::default(),
     }
 }
 
@@ -597,5 +598,124 @@ fn flip_test_time_augmentation_averages_the_logits_of_the_image_and_its_mirror()
         (tta.loss - plain.loss).abs() > 1e-4,
         "the flip changed nothing"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every recipe item at once: mixup and CutMix with label smoothing, RandAugment, random
+/// erasing and model EMA.
+fn full_recipe(data: &Path, out: &Path, epochs: usize) -> TrainSettings {
+    TrainSettings {
+        recipe: sknet::train::Recipe {
+            mixup: 0.8,
+            cutmix: 1.0,
+            mixup_prob: 0.9,
+            auto_augment: Some("rand-m9-mstd0.5".into()),
+            reprob: 0.5,
+            model_ema: true,
+            model_ema_decay: 0.9,
+            model_ema_warmup: true,
+            ..Default::default()
+        },
+        ..settings(data, out, epochs)
+    }
+}
+
+#[test]
+fn a_run_with_the_full_recipe_keeps_ema_weights_and_resumes_exactly() {
+    let _serial = serial();
+    let dir = scratch("recipe-ema");
+    let data = small_dataset(&dir);
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    let full = train(full_recipe(&data, &a, 3), None, None).unwrap();
+    // The EMA weights are validated every epoch, and differ from the raw ones.
+    for m in &full {
+        let ema = m.ema.expect("EMA metrics");
+        assert!((0.0..=1.0).contains(&ema.val_top1));
+    }
+    let raw = weights(&a.join("last.safetensors"));
+    let ema = weights(&a.join("last_ema.safetensors"));
+    assert!(
+        max_diff(&raw, &ema) > 0.0,
+        "the EMA weights equal the raw ones"
+    );
+    assert!(a.join("best_ema.safetensors").exists());
+    let csv = std::fs::read_to_string(a.join("metrics.csv")).unwrap();
+    assert!(csv
+        .lines()
+        .next()
+        .unwrap()
+        .ends_with(",ema_val_loss,ema_val_top1,ema_val_top5"));
+    // The EMA weights load like any weights (the config and classes are in their metadata).
+    let device = sknet::device::default_device();
+    let spec = a.join("last_ema.safetensors").display().to_string();
+    sknet::load_pretrained(&spec, &Default::default(), &device).unwrap();
+    // Interrupted after one epoch, then resumed: the mixing, the augmentation and the
+    // average continue exactly.
+    train(full_recipe(&data, &b, 3), None, Some(1)).unwrap();
+    let ckpt = Checkpoint::read(&b.join("checkpoint.safetensors")).unwrap();
+    assert!(ckpt.tensors.keys().any(|k| k.starts_with("ema.")));
+    let rest = train(
+        full_recipe(&data, &b, 3),
+        Some(&b.join("checkpoint.safetensors")),
+        None,
+    )
+    .unwrap();
+    assert_eq!(full[2].val_loss, rest[2].val_loss);
+    assert_eq!(max_diff(&raw, &weights(&b.join("last.safetensors"))), 0.0);
+    assert_eq!(
+        max_diff(&ema, &weights(&b.join("last_ema.safetensors"))),
+        0.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resume_with_another_recipe_is_refused_listing_every_difference() {
+    let _serial = serial();
+    let dir = scratch("recipe-diff");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(settings(&data, &out, 2), None, Some(1)).unwrap();
+    let other = full_recipe(&data, &out, 2);
+    let err = train(other, Some(&out.join("checkpoint.safetensors")), None).unwrap_err();
+    assert!(matches!(err, TrainError::Resume { .. }), "{err}");
+    let text = err.to_string();
+    for difference in [
+        "mixup: 0 -> 0.8",
+        "cutmix: 0 -> 1",
+        "mixup_prob: 1 -> 0.9",
+        "auto_augment: none -> rand-m9-mstd0.5",
+        "reprob: 0 -> 0.5",
+        "model_ema: false -> true",
+        "model_ema_decay: 0.9998 -> 0.9",
+        "model_ema_warmup: false -> true",
+    ] {
+        assert!(text.contains(difference), "`{difference}` missing: {text}");
+    }
+    assert!(!text.contains("recount"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_diverging_loss_under_mixup_stops_and_keeps_the_last_good_checkpoint() {
+    let _serial = serial();
+    let dir = scratch("recipe-nan");
+    let data = small_dataset(&dir);
+    let out = dir.join("run");
+    train(full_recipe(&data, &out, 3), None, Some(1)).unwrap();
+    let checkpoint = out.join("checkpoint.safetensors");
+    let before = std::fs::read(&checkpoint).unwrap();
+    let mut wild = full_recipe(&data, &out, 3);
+    wild.schedule.lr = 1e30;
+    wild.schedule.warmup_epochs = 0.0;
+    let err = train(wild, Some(&checkpoint), None).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TrainError::NotFinite { .. } | TrainError::NonFiniteWeights { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&checkpoint).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -88,6 +88,7 @@ impl CliError {
                 let flag = match *field {
                     "betas" => "opt-betas".to_string(),
                     "eps" => "opt-eps".to_string(),
+                    "auto_augment" => "aa".to_string(),
                     other => other.replace('_', "-"),
                 };
                 Some(format!("see --{flag} in `sknet train --help`"))

@@ -71,8 +71,8 @@ pub struct TrainArgs {
     /// SGD, decoupled for AdamW (try 0.05).
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
-    /// Label smoothing.
-    #[arg(long, default_value_t = 0.1)]
+    /// Label smoothing (timm's --smoothing), within [0, 1).
+    #[arg(long, visible_alias = "smoothing", default_value_t = 0.1)]
     pub label_smoothing: f64,
     /// Augmentation (default: cifar for inputs up to 64 pixels, imagenet above).
     #[arg(long, value_enum)]
@@ -114,6 +114,41 @@ pub struct TrainArgs {
     /// The backbone's learning rate as a multiple of --lr (the classifier's), within [0, 100].
     #[arg(long, default_value_t = 1.0)]
     pub backbone_lr_scale: f64,
+    /// Mixup alpha (timm's --mixup; 0: off), within [0, 100].
+    #[arg(long, default_value_t = 0.0, help_heading = "Recipe")]
+    pub mixup: f64,
+    /// CutMix alpha (timm's --cutmix; 0: off), within [0, 100].
+    #[arg(long, default_value_t = 0.0, help_heading = "Recipe")]
+    pub cutmix: f64,
+    /// The probability that a batch is mixed, within [0, 1].
+    #[arg(long, default_value_t = 1.0, help_heading = "Recipe")]
+    pub mixup_prob: f64,
+    /// With --mixup and --cutmix: the probability of CutMix, within [0, 1].
+    #[arg(long, default_value_t = 0.5, help_heading = "Recipe")]
+    pub mixup_switch_prob: f64,
+    /// Auto-augmentation: timm's RandAugment string (rand-m9-mstd0.5, rand-m9-n3-mstd0.5-inc1,
+    /// ...) or trivialaugment.
+    #[arg(long = "aa", value_name = "POLICY", help_heading = "Recipe")]
+    pub auto_augment: Option<String>,
+    /// Random erasing probability per image (0: off), within [0, 1].
+    #[arg(long, default_value_t = 0.0, help_heading = "Recipe")]
+    pub reprob: f64,
+    /// Random erasing fill.
+    #[arg(long, value_enum, default_value = "pixel", help_heading = "Recipe")]
+    pub remode: sknet::data::augment::EraseMode,
+    /// Random erasing: the most boxes per image, within 1..=64.
+    #[arg(long, default_value_t = 1, help_heading = "Recipe")]
+    pub recount: usize,
+    /// Keep an exponential moving average of the weights; it is validated every epoch and
+    /// saved as last_ema.safetensors and best_ema.safetensors.
+    #[arg(long, help_heading = "Recipe")]
+    pub model_ema: bool,
+    /// The EMA's decay per optimizer step, within [0, 1].
+    #[arg(long, default_value_t = 0.9998, help_heading = "Recipe")]
+    pub model_ema_decay: f64,
+    /// Warm the EMA's decay up over the first steps (timm's --model-ema-warmup).
+    #[arg(long, help_heading = "Recipe")]
+    pub model_ema_warmup: bool,
 }
 
 /// Trains, and says where the results are.
@@ -181,6 +216,19 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
         freeze: args.freeze,
         backbone_lr_scale: args.backbone_lr_scale,
         grad_accum_steps: args.grad_accum_steps,
+        recipe: sknet::train::Recipe {
+            mixup: args.mixup,
+            cutmix: args.cutmix,
+            mixup_prob: args.mixup_prob,
+            mixup_switch_prob: args.mixup_switch_prob,
+            auto_augment: args.auto_augment.clone(),
+            reprob: args.reprob,
+            remode: args.remode,
+            recount: args.recount,
+            model_ema: args.model_ema,
+            model_ema_decay: args.model_ema_decay,
+            model_ema_warmup: args.model_ema_warmup,
+        },
     };
     let history = sknet::train::train_with(
         settings,

@@ -1,8 +1,12 @@
 //! Training augmentations (CIFAR style: pad 4, random crop, flip; ImageNet style:
-//! random-resized-crop, flip) and the evaluation transform, on 8-bit RGB images.
+//! random-resized-crop, flip) and the evaluation transform, on 8-bit RGB images; then, as
+//! timm's training transform orders them, auto-augmentation, normalization and random erasing.
+
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::auto_augment::AutoAugment;
 use super::rng::Rng;
 use crate::infer::resize::{crop, resize, Filter, Rgb8};
 use crate::infer::Preprocess;
@@ -99,16 +103,130 @@ fn random_resized_crop(img: &Rgb8, out: [usize; 2], rng: &mut Rng) -> Rgb8 {
 impl Augment {
     /// Applies the augmentation, then the normalization of `eval`, giving `[3, H, W]` values.
     pub fn apply(&self, img: &Rgb8, eval: &Preprocess, rng: &mut Rng) -> Vec<f32> {
-        let out = match self {
-            Augment::None => return eval.normalize(&eval.resize_crop(img)),
+        eval.normalize(&self.crop_flip(img, eval, rng))
+    }
+
+    /// The crop (and flip) at the training size.
+    fn crop_flip(&self, img: &Rgb8, eval: &Preprocess, rng: &mut Rng) -> Rgb8 {
+        let mut out = match self {
+            Augment::None => return eval.resize_crop(img),
             Augment::Cifar => pad_crop(img, 4, eval.size, rng),
             Augment::Imagenet => random_resized_crop(img, eval.size, rng),
         };
-        let mut out = out;
         if rng.uniform() < 0.5 {
             flip(&mut out);
         }
-        eval.normalize(&out)
+        out
+    }
+}
+
+/// What random erasing fills a box with (timm's `--remode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum EraseMode {
+    /// Zeros (the normalized mean).
+    Const,
+    /// One standard-normal value per channel.
+    Rand,
+    /// A standard-normal value per pixel and channel.
+    #[default]
+    Pixel,
+}
+
+/// Random erasing (Zhong et al. 2017), as timm's `RandomErasing` on a normalized image: with
+/// probability `prob`, 1 to `max_count` boxes, each of 2% to 1/3 of the image's area divided by
+/// the count and of aspect ratio 0.3 to 1/0.3 (log-uniform), filled as `mode` says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RandomErasing {
+    /// The probability that an image is erased.
+    pub prob: f64,
+    /// The fill.
+    pub mode: EraseMode,
+    /// The most boxes.
+    pub max_count: usize,
+}
+
+impl RandomErasing {
+    const MIN_AREA: f64 = 0.02;
+    const MAX_AREA: f64 = 1.0 / 3.0;
+    const MIN_ASPECT: f64 = 0.3;
+
+    /// Erases boxes of `chw` (`[channels, h, w]` values) in place.
+    pub fn apply(&self, chw: &mut [f32], [h, w]: [usize; 2], rng: &mut Rng) {
+        if rng.uniform() >= self.prob || h == 0 || w == 0 {
+            return;
+        }
+        let channels = chw.len() / (h * w);
+        let count = 1 + rng.below(self.max_count.max(1));
+        let area = (h * w) as f64;
+        let log_aspect = [Self::MIN_ASPECT.ln(), (1.0 / Self::MIN_ASPECT).ln()];
+        for _ in 0..count {
+            for _attempt in 0..10 {
+                let target = (Self::MIN_AREA + rng.uniform() * (Self::MAX_AREA - Self::MIN_AREA))
+                    * area
+                    / count as f64;
+                let aspect =
+                    (log_aspect[0] + rng.uniform() * (log_aspect[1] - log_aspect[0])).exp();
+                let bh = (target * aspect).sqrt().round() as usize;
+                let bw = (target / aspect).sqrt().round() as usize;
+                if bw >= w || bh >= h {
+                    continue;
+                }
+                let top = rng.below(h - bh + 1);
+                let left = rng.below(w - bw + 1);
+                for c in 0..channels {
+                    let colour = rng.normal() as f32;
+                    for y in top..top + bh {
+                        let row = &mut chw[c * h * w + y * w + left..c * h * w + y * w + left + bw];
+                        for v in row {
+                            *v = match self.mode {
+                                EraseMode::Const => 0.0,
+                                EraseMode::Rand => colour,
+                                EraseMode::Pixel => rng.normal() as f32,
+                            };
+                        }
+                    }
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// The whole training transform: [`Augment`]'s crop and flip, the auto-augmentation if any,
+/// the normalization of the evaluation transform, and random erasing if any.
+#[derive(Debug, Clone)]
+pub struct TrainTransform {
+    /// Crop and flip.
+    pub augment: Augment,
+    /// RandAugment or TrivialAugment, on the cropped image.
+    pub auto_augment: Option<Arc<AutoAugment>>,
+    /// Random erasing, on the normalized values.
+    pub erasing: Option<RandomErasing>,
+}
+
+impl From<Augment> for TrainTransform {
+    fn from(augment: Augment) -> Self {
+        Self {
+            augment,
+            auto_augment: None,
+            erasing: None,
+        }
+    }
+}
+
+impl TrainTransform {
+    /// `[3, H, W]` values of `img`, transformed.
+    pub fn apply(&self, img: &Rgb8, eval: &Preprocess, rng: &mut Rng) -> Vec<f32> {
+        let mut out = self.augment.crop_flip(img, eval, rng);
+        if let Some(policy) = &self.auto_augment {
+            out = policy.apply(&out, rng);
+        }
+        let mut values = eval.normalize(&out);
+        if let Some(erasing) = &self.erasing {
+            erasing.apply(&mut values, [out.height, out.width], rng);
+        }
+        values
     }
 }
 
@@ -150,6 +268,44 @@ mod tests {
         flip(&mut img);
         assert_eq!(img.data[0], 21);
         assert_eq!(img.data[9], 0);
+    }
+
+    #[test]
+    fn erasing_fills_boxes_within_the_area_bounds() {
+        let (h, w) = (20, 30);
+        let mut rng = Rng::new(9);
+        for mode in [EraseMode::Const, EraseMode::Rand, EraseMode::Pixel] {
+            let erasing = RandomErasing {
+                prob: 1.0,
+                mode,
+                max_count: 1,
+            };
+            for _ in 0..50 {
+                // 7.0 never comes out of the fill (a normal draw of exactly 7 is impossible).
+                let mut chw = vec![7.0f32; 3 * h * w];
+                erasing.apply(&mut chw, [h, w], &mut rng);
+                let erased = chw.iter().filter(|&&v| v != 7.0).count() / 3;
+                // One box: at most a third of the area (plus the rounding of its sides).
+                assert!(erased <= h * w / 3 + h + w, "{mode:?}: {erased}");
+                if mode == EraseMode::Const {
+                    assert!(chw.iter().all(|&v| v == 7.0 || v == 0.0));
+                }
+                if mode == EraseMode::Rand && erased > 0 {
+                    // One value per channel.
+                    let first: Vec<f32> =
+                        chw[..h * w].iter().copied().filter(|&v| v != 7.0).collect();
+                    assert!(first.iter().all(|&v| v == first[0]));
+                }
+            }
+        }
+        let never = RandomErasing {
+            prob: 0.0,
+            mode: EraseMode::Pixel,
+            max_count: 3,
+        };
+        let mut chw = vec![7.0f32; 3 * h * w];
+        never.apply(&mut chw, [h, w], &mut rng);
+        assert!(chw.iter().all(|&v| v == 7.0));
     }
 
     #[test]

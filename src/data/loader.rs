@@ -11,7 +11,7 @@ use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::augment::Augment;
+use super::augment::TrainTransform;
 use super::rng::Rng;
 use super::Dataset;
 use crate::infer::resize::enlarge;
@@ -64,8 +64,8 @@ pub struct LoaderConfig {
     pub shuffle: bool,
     /// Drop a last incomplete batch.
     pub drop_last: bool,
-    /// Augmentation.
-    pub augment: Augment,
+    /// The training transform (the evaluation transform with `Augment::None` alone).
+    pub augment: TrainTransform,
     /// Size and normalization.
     pub eval: Preprocess,
     /// Seed.

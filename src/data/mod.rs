@@ -5,11 +5,12 @@
 //! dataset's size. An image that cannot be decoded is skipped with a warning and counted.
 
 pub mod augment;
+pub mod auto_augment;
 pub mod loader;
 pub mod rng;
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,12 +55,26 @@ pub struct Dataset {
     /// Class names, by label.
     pub classes: Vec<String>,
     items: Vec<(Source, usize)>,
-    files: Vec<Arc<File>>,
+    /// CIFAR binary files, read into memory once.
+    files: Vec<InMemory>,
+}
+
+/// A file's bytes, shared by the loader's threads (`Debug` gives only the length).
+#[derive(Clone)]
+struct InMemory(Arc<[u8]>);
+
+impl std::fmt::Debug for InMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
 }
 
 /// Most images a dataset may hold (ImageNet-21k has 14 million): CIFAR record counts come from
 /// file lengths, which a sparse file can make anything.
 pub const MAX_DATASET_IMAGES: u64 = 1 << 27;
+/// Most bytes of CIFAR binary files, which are held in memory (CIFAR-10 and CIFAR-100 take
+/// under 200 MB).
+pub const MAX_CIFAR_BYTES: u64 = 4 << 30;
 
 const IMAGE_EXTENSIONS: [&str; 8] = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"];
 
@@ -188,14 +203,10 @@ impl Dataset {
         let record = (label_bytes + 3072) as u64;
         let mut items = Vec::new();
         let mut files = Vec::new();
+        let mut total = 0u64;
         for (fi, path) in bins.iter().enumerate() {
-            crate::files::regular_file_len(path, u64::MAX)
+            let len = crate::files::regular_file_len(path, u64::MAX)
                 .map_err(|e| invalid(path, e.to_string()))?;
-            let file = File::open(path).map_err(|e| invalid(path, e.to_string()))?;
-            let len = file
-                .metadata()
-                .map_err(|e| invalid(path, e.to_string()))?
-                .len();
             if len == 0 || len % record != 0 {
                 return Err(invalid(
                     path,
@@ -211,11 +222,20 @@ impl Dataset {
                     ),
                 ));
             }
-            let mut labels = vec![0u8; label_bytes];
+            total += len;
+            if total > MAX_CIFAR_BYTES {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "the CIFAR binary files take more than {MAX_CIFAR_BYTES} bytes, the most \
+                         held in memory; convert them to an image folder"
+                    ),
+                ));
+            }
+            let bytes = read_exactly(path, len).map_err(|e| invalid(path, e.to_string()))?;
             for r in 0..records {
-                file.read_exact_at(&mut labels, r * record)
-                    .map_err(|e| invalid(path, e.to_string()))?;
-                let label = labels[label_bytes - 1] as usize;
+                let start = (r * record) as usize;
+                let label = bytes[start + label_bytes - 1] as usize;
                 if label >= classes.len() {
                     return Err(invalid(
                         path,
@@ -224,7 +244,7 @@ impl Dataset {
                 }
                 items.push((Source::Record(fi, r * record + label_bytes as u64), label));
             }
-            files.push(Arc::new(file));
+            files.push(InMemory(Arc::from(bytes)));
         }
         // Group by class, in file order, so that the per-class split is well defined.
         items.sort_by_key(|(_, l)| *l);
@@ -281,10 +301,8 @@ impl Dataset {
         match &self.items[i].0 {
             Source::File(path) => crate::infer::load_image(path).map_err(|e| e.to_string()),
             Source::Record(f, offset) => {
-                let mut planes = vec![0u8; 3072];
-                self.files[*f]
-                    .read_exact_at(&mut planes, *offset)
-                    .map_err(|e| e.to_string())?;
+                let start = *offset as usize;
+                let planes = &self.files[*f].0[start..start + 3072];
                 let mut data = vec![0u8; 3072];
                 for p in 0..1024 {
                     for c in 0..3 {
@@ -368,6 +386,49 @@ mod tests {
     use super::*;
     use std::os::unix::ffi::OsStrExt;
 
+    #[test]
+    fn cifar_binaries_are_read_into_memory_and_interleaved() {
+        let root = std::env::temp_dir().join(format!("sknet-cifar-bin-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        // Three records, labels 7, 2, 7; record r's plane c, pixel p holds (r + 3c + p) % 251.
+        let mut bytes = Vec::new();
+        for (r, label) in [7u8, 2, 7].into_iter().enumerate() {
+            bytes.push(label);
+            for c in 0..3 {
+                bytes.extend((0..1024).map(|p| ((r + 3 * c + p) % 251) as u8));
+            }
+        }
+        std::fs::write(root.join("data_batch_1.bin"), &bytes).unwrap();
+        let data = Dataset::open(&root).unwrap();
+        // The file can go: its bytes are in memory.
+        std::fs::remove_file(root.join("data_batch_1.bin")).unwrap();
+        assert_eq!(data.len(), 3);
+        assert_eq!(data.classes[2], "bird");
+        // Sorted by label: record 1 (bird), then records 0 and 2 (horse).
+        let labels: Vec<usize> = (0..3).map(|i| data.label(i)).collect();
+        assert_eq!(labels, [2, 7, 7]);
+        let img = data.load(0).unwrap();
+        assert_eq!((img.width, img.height), (32, 32));
+        for p in [0, 5, 1023] {
+            for c in 0..3 {
+                assert_eq!(img.data[p * 3 + c], ((1 + 3 * c + p) % 251) as u8);
+            }
+        }
+        // More bytes than are held in memory: refused before any is read.
+        std::fs::File::create(root.join("data_batch_2.bin"))
+            .unwrap()
+            .set_len((MAX_CIFAR_BYTES / 3073 + 1) * 3073)
+            .unwrap();
+        std::fs::write(root.join("data_batch_1.bin"), &bytes).unwrap();
+        let err = Dataset::open(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("data_batch_2.bin") && err.contains("held in memory"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     /// A folder with one class of one real image, and `extra` applied to it.
     fn dataset_with(name: &str, extra: impl FnOnce(&Path)) -> Result<Dataset, DataError> {
         let root = std::env::temp_dir().join(format!("sknet-data-{name}-{}", std::process::id()));
@@ -423,4 +484,17 @@ mod tests {
         .to_string();
         assert!(err.contains("must be UTF-8"), "{err}");
     }
+}
+
+/// The `len` bytes of `path`, read at once; a file that changed length meanwhile is an error.
+fn read_exactly(path: &Path, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(len as usize);
+    File::open(path)?.take(len + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 != len {
+        return Err(std::io::Error::other(format!(
+            "the file changed while it was read ({len} bytes, then {})",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }

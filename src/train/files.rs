@@ -12,10 +12,14 @@ use crate::weights::checkpoint::WeightsError;
 use crate::weights::checkpoint::{write_atomic, write_safetensors, Checkpoint, OutTensor};
 use crate::weights::load;
 
-/// Writes the training checkpoint (weights, optimizer buffers, state) atomically.
+/// The prefix of the EMA weights' keys in a training checkpoint.
+const EMA_PREFIX: &str = "ema.";
+
+/// Writes the training checkpoint (weights, EMA weights, optimizer buffers, state) atomically.
 pub(super) fn save_checkpoint(
     path: &Path,
     model: &SkNet,
+    ema: Option<&SkNet>,
     optimizer: &Optimizer,
     state: &TrainState,
     classes: &[String],
@@ -24,6 +28,11 @@ pub(super) fn save_checkpoint(
         .into_iter()
         .map(|(k, t)| (format!("model.{k}"), t))
         .collect();
+    if let Some(ema) = ema {
+        for (k, t) in load::state_dict(ema)? {
+            tensors.push((format!("{EMA_PREFIX}{k}"), t));
+        }
+    }
     for (k, v) in optimizer.state() {
         let n = v.len();
         tensors.push((k, OutTensor::F32(vec![n], v)));
@@ -70,6 +79,8 @@ pub(super) struct TrainCheckpoint {
     pub model: Checkpoint,
     /// The optimizer's buffers, named `<buffer>.<parameter key>`.
     pub optimizer: Vec<(String, Vec<f32>)>,
+    /// The EMA weights, when the run keeps them.
+    pub ema: Option<Checkpoint>,
     /// Where training stood.
     pub state: TrainState,
 }
@@ -96,9 +107,16 @@ pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError
         ..Default::default()
     };
     let mut optimizer = Vec::new();
+    let mut ema = Checkpoint {
+        path: ckpt.path.clone(),
+        metadata: ckpt.metadata.clone(),
+        ..Default::default()
+    };
     for (k, t) in ckpt.tensors {
         if let Some(key) = k.strip_prefix("model.") {
             model.tensors.insert(key.to_string(), t);
+        } else if let Some(key) = k.strip_prefix(EMA_PREFIX) {
+            ema.tensors.insert(key.to_string(), t);
         } else if k
             .split_once('.')
             .is_some_and(|(buffer, _)| STATE_BUFFERS.contains(&buffer))
@@ -109,6 +127,7 @@ pub(super) fn read_checkpoint(path: &Path) -> Result<TrainCheckpoint, TrainError
     Ok(TrainCheckpoint {
         model,
         optimizer,
+        ema: (!ema.tensors.is_empty()).then_some(ema),
         state,
     })
 }
@@ -127,14 +146,20 @@ pub(super) fn read_history(path: &Path, upto: usize) -> Vec<EpochMetrics> {
 /// Writes `metrics.jsonl`, `metrics.csv` and `curves.png` for `history`.
 pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), TrainError> {
     let mut jsonl = String::new();
+    let with_ema = history.iter().any(|m| m.ema.is_some());
     let mut csv = String::from(
-        "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,seconds\n",
+        "epoch,lr,train_loss,train_top1,val_loss,val_top1,val_top5,images_per_s,seconds",
     );
+    csv.push_str(if with_ema {
+        ",ema_val_loss,ema_val_top1,ema_val_top5\n"
+    } else {
+        "\n"
+    });
     for m in history {
         jsonl.push_str(&serde_json::to_string(m).expect("metrics"));
         jsonl.push('\n');
         csv.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.1}\n",
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:.1},{:.1}",
             m.epoch,
             m.lr,
             m.train_loss,
@@ -145,6 +170,19 @@ pub(super) fn write_metrics(dir: &Path, history: &[EpochMetrics]) -> Result<(), 
             m.images_per_s,
             m.seconds
         ));
+        if with_ema {
+            let e = m.ema.as_ref();
+            let cell = |f: fn(&super::EmaMetrics) -> f64| {
+                e.map_or(String::new(), |e| format!("{:.6}", f(e)))
+            };
+            csv.push_str(&format!(
+                ",{},{},{}",
+                cell(|e| e.val_loss),
+                cell(|e| e.val_top1),
+                cell(|e| e.val_top5)
+            ));
+        }
+        csv.push('\n');
     }
     write_atomic(&dir.join("metrics.jsonl"), jsonl.as_bytes())?;
     write_atomic(&dir.join("metrics.csv"), csv.as_bytes())?;

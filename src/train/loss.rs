@@ -1,26 +1,20 @@
 //! The training loss and hit count of a batch.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
-/// Mean cross-entropy of `logits` against `labels`, with label smoothing.
-pub(super) fn cross_entropy(
+/// Mean cross-entropy of `logits` against soft `targets` (`[batch, classes]`, each row a
+/// distribution), as timm's `SoftTargetCrossEntropy`; with one-hot rows smoothed, it is
+/// label-smoothed cross-entropy.
+pub(super) fn soft_cross_entropy(
     logits: Tensor<2>,
-    labels: &[usize],
-    smoothing: f64,
+    targets: Vec<f32>,
     device: &Device,
 ) -> Tensor<1> {
     let [b, k] = logits.dims();
-    let targets = Tensor::<1, Int>::from_data(
-        TensorData::new(labels.iter().map(|&l| l as i64).collect::<Vec<_>>(), [b]),
-        device,
-    );
-    let onehot = targets.one_hot::<2>(k).float();
-    let dist = onehot
-        .mul_scalar(1.0 - smoothing)
-        .add_scalar(smoothing / k as f64);
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, k]), device);
     log_softmax(logits, 1)
-        .mul(dist)
+        .mul(targets)
         .sum()
         .neg()
         .div_scalar(b as f64)

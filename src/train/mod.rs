@@ -17,9 +17,11 @@
 //! (timm-compatible weights with the config, class names and preprocessing in their metadata),
 //! `metrics.csv`, `metrics.jsonl` and `curves.png`.
 
+pub mod ema;
 mod files;
 pub mod lock;
 mod loss;
+pub mod mixup;
 pub mod observer;
 pub mod optim;
 pub mod plot;
@@ -34,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::NetworkConfig;
-use crate::data::augment::Augment;
+use crate::data::augment::{Augment, EraseMode};
 use crate::data::DataError;
 use crate::infer::Preprocess;
 use crate::weights::checkpoint::WeightsError;
@@ -184,6 +186,115 @@ pub struct TrainSettings {
     /// batch's loss is divided by it, and an epoch's last batches make a step of their own.
     #[serde(default = "one_step")]
     pub grad_accum_steps: usize,
+    /// Mixup, CutMix, auto-augmentation, random erasing and model EMA.
+    #[serde(default)]
+    pub recipe: Recipe,
+}
+
+/// The regularisation of a run beyond crop, flip and label smoothing, with timm's meanings and
+/// defaults (`train.py`'s arguments of the same names). The defaults turn everything off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Recipe {
+    /// Mixup's Beta alpha (0: off).
+    pub mixup: f64,
+    /// CutMix's Beta alpha (0: off).
+    pub cutmix: f64,
+    /// The probability that a batch is mixed, when mixup or CutMix is on.
+    pub mixup_prob: f64,
+    /// With both on: the probability of CutMix rather than mixup.
+    pub mixup_switch_prob: f64,
+    /// Auto-augmentation policy: timm's RandAugment string (`rand-m9-mstd0.5`, ...) or
+    /// `trivialaugment` (see [`AutoAugment`](crate::data::auto_augment::AutoAugment)).
+    pub auto_augment: Option<String>,
+    /// Random erasing: the probability per image (0: off).
+    pub reprob: f64,
+    /// Random erasing: what the box is filled with.
+    pub remode: EraseMode,
+    /// Random erasing: the most boxes per image.
+    pub recount: usize,
+    /// Keep an exponential moving average of the weights, evaluated and saved beside them.
+    pub model_ema: bool,
+    /// The EMA's decay per optimizer step.
+    pub model_ema_decay: f64,
+    /// Warm the EMA's decay up over the first steps.
+    pub model_ema_warmup: bool,
+}
+
+impl Default for Recipe {
+    fn default() -> Self {
+        Self {
+            mixup: 0.0,
+            cutmix: 0.0,
+            mixup_prob: 1.0,
+            mixup_switch_prob: 0.5,
+            auto_augment: None,
+            reprob: 0.0,
+            remode: EraseMode::Pixel,
+            recount: 1,
+            model_ema: false,
+            model_ema_decay: 0.9998,
+            model_ema_warmup: false,
+        }
+    }
+}
+
+impl Recipe {
+    /// Every field whose value differs between `self` and `other`, as
+    /// `name: this -> other`.
+    pub fn differences(&self, other: &Recipe) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut field = |name: &str, a: String, b: String| {
+            if a != b {
+                out.push(format!("{name}: {a} -> {b}"));
+            }
+        };
+        let text = |aa: &Option<String>| aa.clone().unwrap_or_else(|| "none".into());
+        field("mixup", self.mixup.to_string(), other.mixup.to_string());
+        field("cutmix", self.cutmix.to_string(), other.cutmix.to_string());
+        field(
+            "mixup_prob",
+            self.mixup_prob.to_string(),
+            other.mixup_prob.to_string(),
+        );
+        field(
+            "mixup_switch_prob",
+            self.mixup_switch_prob.to_string(),
+            other.mixup_switch_prob.to_string(),
+        );
+        field(
+            "auto_augment",
+            text(&self.auto_augment),
+            text(&other.auto_augment),
+        );
+        field("reprob", self.reprob.to_string(), other.reprob.to_string());
+        field(
+            "remode",
+            format!("{:?}", self.remode),
+            format!("{:?}", other.remode),
+        );
+        field(
+            "recount",
+            self.recount.to_string(),
+            other.recount.to_string(),
+        );
+        field(
+            "model_ema",
+            self.model_ema.to_string(),
+            other.model_ema.to_string(),
+        );
+        field(
+            "model_ema_decay",
+            self.model_ema_decay.to_string(),
+            other.model_ema_decay.to_string(),
+        );
+        field(
+            "model_ema_warmup",
+            self.model_ema_warmup.to_string(),
+            other.model_ema_warmup.to_string(),
+        );
+        out
+    }
 }
 
 fn one_step() -> usize {
@@ -229,6 +340,10 @@ pub const MAX_BATCH: usize = 4096;
 pub const MAX_EPOCHS: usize = 100_000;
 /// Most batches per optimizer step.
 pub const MAX_GRAD_ACCUM_STEPS: usize = 1024;
+/// Largest mixup or CutMix alpha.
+pub const MAX_MIX_ALPHA: f64 = 100.0;
+/// Most random-erasing boxes per image.
+pub const MAX_ERASE_COUNT: usize = 64;
 /// Most loader threads.
 pub const MAX_WORKERS: usize = 256;
 
@@ -311,7 +426,68 @@ impl TrainSettings {
         }
         real("min_lr", schedule.min_lr, 0.0, schedule.lr, false)?;
         real("weight_decay", self.weight_decay, 0.0, 1.0, false)?;
-        real("label_smoothing", self.label_smoothing, 0.0, 1.0, true)
+        real("label_smoothing", self.label_smoothing, 0.0, 1.0, true)?;
+        let r = &self.recipe;
+        real("mixup", r.mixup, 0.0, MAX_MIX_ALPHA, false)?;
+        real("cutmix", r.cutmix, 0.0, MAX_MIX_ALPHA, false)?;
+        real("mixup_prob", r.mixup_prob, 0.0, 1.0, false)?;
+        real("mixup_switch_prob", r.mixup_switch_prob, 0.0, 1.0, false)?;
+        real("reprob", r.reprob, 0.0, 1.0, false)?;
+        count("recount", r.recount, 1, MAX_ERASE_COUNT)?;
+        real("model_ema_decay", r.model_ema_decay, 0.0, 1.0, false)?;
+        if let Some(spec) = &r.auto_augment {
+            self.auto_augment_policy(spec)?;
+        }
+        Ok(())
+    }
+
+    /// The auto-augmentation `spec` parsed, filled with the normalization's mean colour.
+    fn auto_augment_policy(
+        &self,
+        spec: &str,
+    ) -> Result<crate::data::auto_augment::AutoAugment, TrainError> {
+        let fill = self
+            .preprocess
+            .mean
+            .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8);
+        crate::data::auto_augment::AutoAugment::parse(spec, fill).map_err(|e| TrainError::Invalid {
+            field: "auto_augment",
+            constraint: e.to_string(),
+        })
+    }
+
+    /// The training transform of these settings: the augmentation, then the auto-augmentation
+    /// and random erasing of the recipe.
+    ///
+    /// # Errors
+    /// An auto-augmentation string that does not parse.
+    pub fn train_transform(&self) -> Result<crate::data::augment::TrainTransform, TrainError> {
+        let r = &self.recipe;
+        let auto_augment = match &r.auto_augment {
+            Some(spec) => Some(std::sync::Arc::new(self.auto_augment_policy(spec)?)),
+            None => None,
+        };
+        let erasing = (r.reprob > 0.0).then_some(crate::data::augment::RandomErasing {
+            prob: r.reprob,
+            mode: r.remode,
+            max_count: r.recount,
+        });
+        Ok(crate::data::augment::TrainTransform {
+            augment: self.augment,
+            auto_augment,
+            erasing,
+        })
+    }
+
+    /// The mixing of the recipe, with the run's label smoothing.
+    pub fn mixup(&self) -> mixup::Mixup {
+        mixup::Mixup {
+            mixup_alpha: self.recipe.mixup,
+            cutmix_alpha: self.recipe.cutmix,
+            prob: self.recipe.mixup_prob,
+            switch_prob: self.recipe.mixup_switch_prob,
+            label_smoothing: self.label_smoothing,
+        }
     }
 }
 
@@ -324,6 +500,9 @@ pub struct TrainState {
     pub step: usize,
     /// Best validation top-1 so far.
     pub best_top1: f64,
+    /// Best validation top-1 of the EMA weights so far, if the run keeps them.
+    #[serde(default)]
+    pub best_ema_top1: Option<f64>,
     /// The run's settings.
     pub settings: TrainSettings,
 }
@@ -345,10 +524,24 @@ pub struct EpochMetrics {
     pub val_top1: f64,
     /// Validation top-5.
     pub val_top5: f64,
+    /// With model EMA: the EMA weights' validation loss, top-1 and top-5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaMetrics>,
     /// Training images per second.
     pub images_per_s: f64,
     /// Wall seconds for the epoch (training and validation).
     pub seconds: f64,
+}
+
+/// The validation figures of the EMA weights.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct EmaMetrics {
+    /// Validation loss.
+    pub val_loss: f64,
+    /// Validation top-1.
+    pub val_top1: f64,
+    /// Validation top-5.
+    pub val_top5: f64,
 }
 
 /// Runs training, from scratch or from a checkpoint, for at most `stop_after` epochs in this

@@ -14,6 +14,20 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>, PlotError> {
         points: history.iter().map(|m| (m.epoch as f64, f(m))).collect(),
     };
     let markers = history.len() <= 30;
+    let ema: Vec<(f64, f64)> = history
+        .iter()
+        .filter_map(|m| m.ema.map(|e| (m.epoch as f64, e.val_top1 * 100.0)))
+        .collect();
+    let mut top1 = vec![
+        line("train", |m| m.train_top1 * 100.0),
+        line("validation", |m| m.val_top1 * 100.0),
+    ];
+    if !ema.is_empty() {
+        top1.push(Series {
+            label: "validation (EMA)".into(),
+            points: ema,
+        });
+    }
     let loss = LineChart {
         title: "Loss".into(),
         x_label: "epoch".into(),
@@ -30,10 +44,7 @@ pub fn curves_png(history: &[EpochMetrics]) -> Result<Vec<u8>, PlotError> {
         title: "Top-1 accuracy".into(),
         x_label: "epoch".into(),
         y_label: "accuracy (%)".into(),
-        series: vec![
-            line("train", |m| m.train_top1 * 100.0),
-            line("validation", |m| m.val_top1 * 100.0),
-        ],
+        series: top1,
         markers,
         integer_x: true,
         ..Default::default()

@@ -100,11 +100,12 @@ fn tiny_run(tag: &str) -> TrainSettings {
         freeze: false,
         backbone_lr_scale: 1.0,
         grad_accum_steps: 1,
+        recipe: Default::default(),
     }
 }
 
 /// One training run at a time: burn's autodiff backend is not meant for two in one process.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub(super) static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 #[test]
 fn the_trainer_reports_each_step_skipped_image_and_epoch() {
@@ -211,9 +212,10 @@ fn accumulated_gradients_make_one_step_of_several_batches() {
         let n = batch.labels.len();
         let [h, w] = s.preprocess.size;
         let x = Tensor::<4>::from_data(TensorData::new(batch.pixels, [n, 3, h, w]), &device);
+        let targets =
+            super::mixup::mix_targets(&batch.labels, s.config.num_classes, 1.0, s.label_smoothing);
         let loss =
-            super::loss::cross_entropy(model.forward(x), &batch.labels, s.label_smoothing, &device)
-                .div_scalar(2.0);
+            super::loss::soft_cross_entropy(model.forward(x), targets, &device).div_scalar(2.0);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         accumulated.accumulate(&model, grads);
         if i % 2 == 1 || i == 2 {

@@ -8,14 +8,18 @@ use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::ema::ModelEma;
 use super::files::{
     read_checkpoint, read_history, save_checkpoint, save_weights, write_metrics, TrainCheckpoint,
 };
-use super::loss::{argmax_hits, cross_entropy};
+use super::loss::{argmax_hits, soft_cross_entropy};
+use super::mixup::Mixup;
 use super::observer::{RunInfo, StepProgress, TrainObserver};
 use super::optim::Optimizer;
-use super::{EpochMetrics, TrainError, TrainSettings, TrainState};
+use super::{EmaMetrics, EpochMetrics, TrainError, TrainSettings, TrainState};
+use crate::data::augment::TrainTransform;
 use crate::data::loader::{Batch, Loader, LoaderConfig};
+use crate::data::rng::Rng;
 use crate::data::Dataset;
 use crate::eval::{evaluate, EvalReport};
 use crate::model::SkNet;
@@ -45,6 +49,13 @@ pub struct Trainer {
     /// With `freeze`: the backbone in inference mode (BatchNorm folded, on `inner`), which the
     /// steps run without gradients; only the classifier of `model` trains.
     frozen: Option<SkNet>,
+    /// The training transform and the batch mixing of the settings.
+    transform: TrainTransform,
+    mixup: Mixup,
+    /// With model EMA: the average, from the first step on (or from the checkpoint).
+    ema: Option<ModelEma>,
+    best_ema_top1: f64,
+    best_ema_epoch: Option<usize>,
     /// The gradients of the batches since the last optimizer step, and how many there are.
     accumulated: GradientsAccumulator<SkNet>,
     pending: usize,
@@ -114,7 +125,14 @@ impl Trainer {
             )));
         }
         let history = read_history(&s.output.join("metrics.jsonl"), 0);
+        let transform = s.train_transform()?;
+        let mixup = s.mixup();
         Ok(Self {
+            transform,
+            mixup,
+            ema: None,
+            best_ema_top1: f64::NEG_INFINITY,
+            best_ema_epoch: None,
             settings,
             data,
             train_idx,
@@ -153,6 +171,7 @@ impl Trainer {
         let TrainCheckpoint {
             model,
             optimizer,
+            ema,
             state,
         } = read_checkpoint(checkpoint)?;
         if state.settings.config != self.settings.config {
@@ -164,12 +183,15 @@ impl Trainer {
                 ),
             });
         }
-        if let Some(field) = data_setting_changed(&state.settings, &self.settings) {
+        let differences = recipe_differences(&state.settings, &self.settings);
+        if !differences.is_empty() {
             return Err(TrainError::Resume {
                 path: checkpoint.display().to_string(),
                 message: format!(
-                    "it was made with another `{field}`; resuming continues the run exactly \
-                     only with the data, split, seed, batch and transforms it was made with"
+                    "it was made with other data or recipe settings ({}); resuming continues \
+                     the run exactly only with the data, split, seed, batch, transforms and \
+                     recipe it was made with",
+                    differences.join(", ")
                 ),
             });
         }
@@ -184,12 +206,22 @@ impl Trainer {
         }
         // The model's parameters are shared by the clone, not copied.
         self.model = Some(load_into(self.model().clone(), model, false)?.0);
+        self.ema = match ema {
+            Some(ema) => {
+                let mut average = self.new_ema();
+                average.set_model(load_into(average.model().clone(), ema, false)?.0);
+                Some(average)
+            }
+            None => None,
+        };
         self.optimizer
             .restore(optimizer, state.step as u64, &self.inner);
         self.epoch = state.epoch;
         self.step = state.step;
         self.best_top1 = state.best_top1;
         self.best_epoch = None;
+        self.best_ema_top1 = state.best_ema_top1.unwrap_or(f64::NEG_INFINITY);
+        self.best_ema_epoch = None;
         self.history = read_history(&self.settings.output.join("metrics.jsonl"), self.epoch);
         observer.resumed(checkpoint, self.epoch);
         Ok(())
@@ -246,7 +278,24 @@ impl Trainer {
         for image in &report.skipped_images {
             observer.image_skipped(image);
         }
+        let ema = match &self.ema {
+            Some(average) => {
+                let r = self.validate_model(average.model()).map_err(|source| {
+                    TrainError::Validation {
+                        epoch: self.epoch + 1,
+                        source,
+                    }
+                })?;
+                Some(EmaMetrics {
+                    val_loss: r.loss,
+                    val_top1: r.top1,
+                    val_top5: r.top5,
+                })
+            }
+            None => None,
+        };
         let metrics = EpochMetrics {
+            ema,
             epoch: self.epoch + 1,
             lr: totals.lr,
             train_loss: totals.loss_sum / totals.seen.max(1) as f64,
@@ -261,6 +310,10 @@ impl Trainer {
         if metrics.val_top1 > self.best_top1 {
             self.best_top1 = metrics.val_top1;
             self.best_epoch = Some(self.epoch);
+        }
+        if let Some(ema) = metrics.ema.filter(|e| e.val_top1 > self.best_ema_top1) {
+            self.best_ema_top1 = ema.val_top1;
+            self.best_ema_epoch = Some(self.epoch);
         }
         self.history.push(metrics.clone());
         observer.epoch_finished(&metrics);
@@ -291,6 +344,9 @@ impl Trainer {
     }
 
     fn train_steps(&mut self, observer: &mut dyn TrainObserver) -> Result<StepTotals, TrainError> {
+        if self.settings.recipe.model_ema && self.ema.is_none() {
+            self.ema = Some(self.new_ema());
+        }
         // The backbone as it stands: loaded, resumed, or (frozen) unchanged since.
         self.frozen = self
             .settings
@@ -363,7 +419,15 @@ impl Trainer {
     ) -> Result<(), TrainError> {
         let n = batch.labels.len();
         let [h, w] = self.settings.preprocess.size;
-        let pixels = TensorData::new(batch.pixels, [n, 3, h, w]);
+        let classes = self.data.classes.len();
+        let mut pixels = batch.pixels;
+        // Seeded by the step, so that a resumed run mixes as the uninterrupted one.
+        let mut rng = Rng::derive(&[self.settings.seed, self.epoch as u64, index as u64, 0x313]);
+        let mix = self.mixup.draw(h, w, &mut rng);
+        let targets = self
+            .mixup
+            .apply(&mix, &mut pixels, [n, 3, h, w], &batch.labels, classes);
+        let pixels = TensorData::new(pixels, [n, 3, h, w]);
         let logits = match &self.frozen {
             // Only the classifier takes part in the backward pass.
             Some(backbone) => {
@@ -376,12 +440,7 @@ impl Trainer {
                 .forward(Tensor::<4>::from_data(pixels, &self.device)),
         };
         totals.hits += argmax_hits(&logits, &batch.labels);
-        let loss = cross_entropy(
-            logits,
-            &batch.labels,
-            self.settings.label_smoothing,
-            &self.device,
-        );
+        let loss = soft_cross_entropy(logits, targets, &self.device);
         let value = loss.clone().into_scalar::<f32>();
         if !value.is_finite() {
             return Err(TrainError::NotFinite {
@@ -431,7 +490,16 @@ impl Trainer {
             });
         }
         self.step += 1;
+        if let Some(average) = &mut self.ema {
+            let model = self.model.as_ref().expect(MODEL_IN_STEP);
+            crate::ops::on_cpu_pool(|| average.update(model, self.step));
+        }
         Ok(())
+    }
+
+    fn new_ema(&self) -> ModelEma {
+        let r = &self.settings.recipe;
+        ModelEma::new(self.model(), r.model_ema_decay, r.model_ema_warmup)
     }
 
     /// Evaluates the network as it stands (BatchNorm folded, inference mode) on the
@@ -441,9 +509,18 @@ impl Trainer {
     /// # Errors
     /// When no validation image could be decoded, or the network's outputs are not finite.
     pub fn validate(&self) -> Result<EvalReport, crate::eval::EvalError> {
+        self.validate_model(&self.model().valid())
+    }
+
+    /// The weights of model EMA, when the recipe keeps them and a step has been taken.
+    pub fn ema_model(&self) -> Option<&SkNet> {
+        self.ema.as_ref().map(ModelEma::model)
+    }
+
+    fn validate_model(&self, model: &SkNet) -> Result<EvalReport, crate::eval::EvalError> {
         let identity: Vec<usize> = (0..self.data.classes.len()).collect();
         evaluate(
-            &self.model().valid().fold_batchnorm(),
+            &model.clone().fold_batchnorm(),
             self.data.clone(),
             &self.val_idx,
             &identity,
@@ -485,10 +562,27 @@ impl Trainer {
             classes,
             &s.preprocess,
         )?;
+        if let Some(average) = &self.ema {
+            if self.best_ema_epoch.is_some_and(|e| e == self.epoch) {
+                save_weights(
+                    &s.output.join("best_ema.safetensors"),
+                    average.model(),
+                    classes,
+                    &s.preprocess,
+                )?;
+            }
+            save_weights(
+                &s.output.join("last_ema.safetensors"),
+                average.model(),
+                classes,
+                &s.preprocess,
+            )?;
+        }
         write_metrics(&s.output, &self.history)?;
         save_checkpoint(
             &s.output.join("checkpoint.safetensors"),
             &valid,
+            self.ema_model(),
             &self.optimizer,
             &self.state(),
             classes,
@@ -517,6 +611,7 @@ impl Trainer {
             epoch: self.epoch,
             step: self.step,
             best_top1: self.best_top1,
+            best_ema_top1: self.best_ema_top1.is_finite().then_some(self.best_ema_top1),
             settings: self.settings.clone(),
         }
     }
@@ -558,7 +653,7 @@ impl Trainer {
             workers: s.workers,
             shuffle: true,
             drop_last: true,
-            augment: s.augment,
+            augment: self.transform.clone(),
             eval: s.preprocess.clone(),
             seed: s.seed,
             enlarge: None,
@@ -566,19 +661,39 @@ impl Trainer {
     }
 }
 
-/// The first setting that decides which images an epoch sees, and how, that differs between
-/// a checkpoint's run and this one. The optimizer's settings may change on resume (a lower
-/// learning rate, say); these may not.
-fn data_setting_changed(then: &TrainSettings, now: &TrainSettings) -> Option<&'static str> {
-    let same_transform = then.preprocess == now.preprocess && then.augment == now.augment;
-    [
-        ("data", then.data == now.data),
-        ("val_per_class", then.val_per_class == now.val_per_class),
-        ("seed", then.seed == now.seed),
-        ("batch", then.batch == now.batch),
-        ("augment / preprocess", same_transform),
+/// Every setting that decides which images an epoch sees, and how, that differs between a
+/// checkpoint's run and this one, as `name: then -> now`. The optimizer's settings may change on
+/// resume (a lower learning rate, say); these may not.
+fn recipe_differences(then: &TrainSettings, now: &TrainSettings) -> Vec<String> {
+    let pair = |name: &str, a: String, b: String| (a != b).then(|| format!("{name}: {a} -> {b}"));
+    let mut out: Vec<String> = [
+        pair(
+            "data",
+            then.data.display().to_string(),
+            now.data.display().to_string(),
+        ),
+        pair(
+            "val_per_class",
+            then.val_per_class.to_string(),
+            now.val_per_class.to_string(),
+        ),
+        pair("seed", then.seed.to_string(), now.seed.to_string()),
+        pair("batch", then.batch.to_string(), now.batch.to_string()),
+        pair(
+            "augment",
+            format!("{:?}", then.augment),
+            format!("{:?}", now.augment),
+        ),
+        (then.preprocess != now.preprocess).then(|| "preprocess changed".to_string()),
+        pair(
+            "label_smoothing",
+            then.label_smoothing.to_string(),
+            now.label_smoothing.to_string(),
+        ),
     ]
     .into_iter()
-    .find(|(_, same)| !same)
-    .map(|(field, _)| field)
+    .flatten()
+    .collect();
+    out.extend(then.recipe.differences(&now.recipe));
+    out
 }
