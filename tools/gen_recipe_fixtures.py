@@ -5,6 +5,9 @@
   with label smoothing. timm draws `lam` and the centre at random; here they are fixed by
   replacing its `_params_per_batch` and numpy's `randint` for the call.
 - ema.json: timm.utils.ModelEmaV3's decay per update, with and without warmup.
+- random_erasing.json: timm.data.RandomErasing in `const` mode on an image of ones, with
+  Python's `random` draws replaced by sknet's generator (SplitMix64, reimplemented here) in the
+  order sknet draws them: the boxes it erases, for several seeds, counts and image sizes.
 
 Usage: python tools/gen_recipe_fixtures.py  (writes both files in tests/fixtures/)
 """
@@ -100,9 +103,66 @@ def ema_fixture():
     return out
 
 
+class SplitMix64:
+    """sknet's data::rng::Rng."""
+
+    MASK = (1 << 64) - 1
+
+    def __init__(self, seed):
+        self.state = seed & self.MASK
+
+    def next_u64(self):
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.MASK
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.MASK
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.MASK
+        return z ^ (z >> 31)
+
+    def uniform(self):
+        return (self.next_u64() >> 11) / float(1 << 53)
+
+    def below(self, n):
+        return self.next_u64() % n
+
+
+def random_erasing_fixture():
+    import random
+
+    from timm.data.random_erasing import RandomErasing
+
+    cases = []
+    saved = (random.random, random.uniform, random.randint)
+    try:
+        for seed, (h, w), max_count in [(1, (8, 12), 1), (2, (16, 16), 1), (3, (10, 7), 3), (4, (32, 32), 4), (5, (5, 5), 1), (6, (24, 20), 2)]:
+            for repeat in range(4):
+                rng = SplitMix64(seed * 100 + repeat)
+                random.random = rng.uniform
+                random.uniform = lambda a, b: a + (b - a) * rng.uniform()
+                random.randint = lambda a, b: a + rng.below(b - a + 1)
+                erase = RandomErasing(probability=0.9, mode="const", max_count=max_count, device="cpu")
+                img = torch.ones(3, h, w)
+                erase._erase(img, 3, h, w, img.dtype)
+                cases.append(
+                    {
+                        "seed": seed * 100 + repeat,
+                        "size": [h, w],
+                        "max_count": max_count,
+                        "prob": 0.9,
+                        "erased": "".join("1" if v else "0" for v in (img[0] == 0).flatten().tolist()),
+                    }
+                )
+    finally:
+        random.random, random.uniform, random.randint = saved
+    return {"timm": timm.__version__, "cases": cases}
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
-    for name, fixture in [("mixup.json", mixup_fixture()), ("ema.json", ema_fixture())]:
+    for name, fixture in [
+        ("mixup.json", mixup_fixture()),
+        ("ema.json", ema_fixture()),
+        ("random_erasing.json", random_erasing_fixture()),
+    ]:
         path = os.path.join(OUT, name)
         with open(path + ".tmp", "w") as f:
             json.dump(fixture, f)

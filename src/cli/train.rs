@@ -238,8 +238,20 @@ pub fn run(args: TrainArgs) -> Result<String, CliError> {
     )?;
     let best = history.iter().map(|m| m.val_top1).fold(0.0, f64::max);
     let last = history.last().map(|m| m.val_top1).unwrap_or(0.0);
+    let ema = history
+        .iter()
+        .filter_map(|m| m.ema.map(|e| e.val_top1))
+        .reduce(f64::max)
+        .map(|best| {
+            format!(
+                "; EMA weights (best {:.2}%) in {}/best_ema.safetensors and last_ema.safetensors",
+                best * 100.0,
+                args.output.display()
+            )
+        })
+        .unwrap_or_default();
     Ok(format!(
-        "done: validation top-1 {:.2}% (best {:.2}%); weights in {}/best.safetensors and last.safetensors, \
+        "done: validation top-1 {:.2}% (best {:.2}%); weights in {}/best.safetensors and last.safetensors{ema}, \
          curves in {}/curves.png\n",
         last * 100.0,
         best * 100.0,
@@ -353,8 +365,12 @@ impl TrainObserver for Progress {
     }
 
     fn epoch_finished(&mut self, m: &EpochMetrics) {
+        let ema = m
+            .ema
+            .map(|e| format!("  EMA top-1 {:.2}%", e.val_top1 * 100.0))
+            .unwrap_or_default();
         eprintln!(
-            "epoch {:>3}/{}  lr {:.4}  train loss {:.4} acc {:.2}%  val loss {:.4} top-1 {:.2}% top-5 {:.2}%  {:.0} img/s  {:.0}s",
+            "epoch {:>3}/{}  lr {:.4}  train loss {:.4} acc {:.2}%  val loss {:.4} top-1 {:.2}% top-5 {:.2}%{ema}  {:.0} img/s  {:.0}s",
             m.epoch,
             self.epochs,
             m.lr,

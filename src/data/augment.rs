@@ -157,7 +157,12 @@ impl RandomErasing {
             return;
         }
         let channels = chw.len() / (h * w);
-        let count = 1 + rng.below(self.max_count.max(1));
+        // As timm: no draw for the count when it can only be 1.
+        let count = if self.max_count <= 1 {
+            1
+        } else {
+            1 + rng.below(self.max_count)
+        };
         let area = (h * w) as f64;
         let log_aspect = [Self::MIN_ASPECT.ln(), (1.0 / Self::MIN_ASPECT).ln()];
         for _ in 0..count {
@@ -167,22 +172,25 @@ impl RandomErasing {
                     / count as f64;
                 let aspect =
                     (log_aspect[0] + rng.uniform() * (log_aspect[1] - log_aspect[0])).exp();
-                let bh = (target * aspect).sqrt().round() as usize;
-                let bw = (target / aspect).sqrt().round() as usize;
+                // Python's round() rounds halves to even.
+                let bh = (target * aspect).sqrt().round_ties_even() as usize;
+                let bw = (target / aspect).sqrt().round_ties_even() as usize;
                 if bw >= w || bh >= h {
                     continue;
                 }
                 let top = rng.below(h - bh + 1);
                 let left = rng.below(w - bw + 1);
                 for c in 0..channels {
-                    let colour = rng.normal() as f32;
+                    let colour = match self.mode {
+                        EraseMode::Rand => rng.normal() as f32,
+                        _ => 0.0,
+                    };
                     for y in top..top + bh {
-                        let row = &mut chw[c * h * w + y * w + left..c * h * w + y * w + left + bw];
-                        for v in row {
+                        let start = c * h * w + y * w + left;
+                        for v in &mut chw[start..start + bw] {
                             *v = match self.mode {
-                                EraseMode::Const => 0.0,
-                                EraseMode::Rand => colour,
                                 EraseMode::Pixel => rng.normal() as f32,
+                                _ => colour,
                             };
                         }
                     }
@@ -306,6 +314,39 @@ mod tests {
         let mut chw = vec![7.0f32; 3 * h * w];
         never.apply(&mut chw, [h, w], &mut rng);
         assert!(chw.iter().all(|&v| v == 7.0));
+    }
+
+    /// With the same random draws, the boxes equal those of timm's `RandomErasing`
+    /// (`tools/gen_recipe_fixtures.py` feeds timm sknet's generator).
+    #[test]
+    fn erasing_matches_timm() {
+        let f: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/random_erasing.json"))
+                .expect("fixture");
+        let cases = f["cases"].as_array().expect("cases");
+        assert!(cases.len() >= 20);
+        let mut erased_any = 0;
+        for case in cases {
+            let seed = case["seed"].as_u64().expect("seed");
+            let size = &case["size"];
+            let [h, w] = [0, 1].map(|i| size[i].as_u64().expect("size") as usize);
+            let erasing = RandomErasing {
+                prob: case["prob"].as_f64().expect("prob"),
+                mode: EraseMode::Const,
+                max_count: case["max_count"].as_u64().expect("count") as usize,
+            };
+            let mut chw = vec![1.0f32; 3 * h * w];
+            erasing.apply(&mut chw, [h, w], &mut Rng::new(seed));
+            let got: String = chw[..h * w]
+                .iter()
+                .map(|&v| if v == 0.0 { '1' } else { '0' })
+                .collect();
+            assert_eq!(got, case["erased"].as_str().expect("mask"), "seed {seed}");
+            // Every channel is erased alike.
+            assert_eq!(chw[..h * w], chw[2 * h * w..]);
+            erased_any += got.contains('1') as usize;
+        }
+        assert!(erased_any > cases.len() / 2);
     }
 
     #[test]
