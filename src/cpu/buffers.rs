@@ -191,10 +191,15 @@ pub(crate) fn gemm_strided(
     assert!(m == 0 || n == 0 || last(dst_rs, dst_cs, m, n) < dst.len());
     assert!(m == 0 || k == 0 || last(lhs_rs, lhs_cs, m, k) < lhs.len());
     assert!(k == 0 || n == 0 || last(rhs_rs, rhs_cs, k, n) < rhs.len());
+    let call = if avx2_gemm() {
+        gemm_avx2
+    } else {
+        gemm::gemm::<f32>
+    };
     // SAFETY: every index the GEMM touches is within the slices, checked above; `dst` is borrowed
     // mutably and so does not alias `lhs` or `rhs`.
     unsafe {
-        gemm::gemm(
+        call(
             m,
             n,
             k,
@@ -218,8 +223,203 @@ pub(crate) fn gemm_strided(
     }
 }
 
+/// Whether sknet's GEMMs take the `gemm` crate's AVX2 kernels although the CPU has AVX-512.
+/// `gemm` (built with `x86-v4`) picks its AVX-512 kernels wherever AVX-512 exists. They are
+/// faster on Intel's cores, with two full-width FMA units (training steps 8 to 15% shorter on a
+/// Xeon with AMX), and slower on AMD's Zen, which splits a 512-bit operation in two (training
+/// steps about 20% longer on an EPYC): AMD keeps the AVX2 kernels (BENCHMARKS.md).
+fn avx2_gemm() -> bool {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVX2.get_or_init(|| cpu_vendor_is_amd() && std::arch::is_x86_feature_detected!("fma"))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn cpu_vendor_is_amd() -> bool {
+    // CPUID leaf 0: the vendor string.
+    let id = std::arch::x86_64::__cpuid(0);
+    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    vendor == b"AuthenticAMD"
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_vendor_is_amd() -> bool {
+    false
+}
+
+/// `gemm::gemm` for f32 with its AVX2 + FMA kernels whatever the CPU: the same steps (a
+/// row-major destination is computed as its transpose, which the kernels prefer), then its
+/// generic driver with the FMA microkernels. Strides are non-negative here (they come from
+/// `usize`), so `gemm`'s handling of negative ones is not needed.
+///
+/// # Safety
+/// As `gemm::gemm`; the CPU must have AVX2 and FMA.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_cs: isize,
+    dst_rs: isize,
+    read_dst: bool,
+    lhs: *const f32,
+    lhs_cs: isize,
+    lhs_rs: isize,
+    rhs: *const f32,
+    rhs_cs: isize,
+    rhs_rs: isize,
+    alpha: f32,
+    beta: f32,
+    _conj_dst: bool,
+    _conj_lhs: bool,
+    _conj_rhs: bool,
+    parallelism: gemm::Parallelism,
+) {
+    use gemm_f32::microkernel::fma::f32 as ukr;
+    // The FMA kernels' vector width (f32 lanes of a 256-bit register).
+    const LANES: usize = 8;
+    let (m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs) =
+        if dst_cs.abs() < dst_rs.abs() {
+            (
+                n, m, dst_rs, dst_cs, rhs, rhs_rs, rhs_cs, lhs, lhs_rs, lhs_cs,
+            )
+        } else {
+            (
+                m, n, dst_cs, dst_rs, lhs, lhs_cs, lhs_rs, rhs, rhs_cs, rhs_rs,
+            )
+        };
+    let simd = gemm_common::simd::V3::try_new().expect("AVX2 and FMA, checked by the caller");
+    // SAFETY: as the caller's contract; the arguments are gemm::gemm's after its transposition.
+    unsafe {
+        gemm_common::gemm::gemm_basic_generic::<
+            _,
+            f32,
+            LANES,
+            { ukr::MR_DIV_N * LANES },
+            { ukr::NR },
+            { ukr::MR_DIV_N },
+            { ukr::H_M },
+            { ukr::H_N },
+        >(
+            simd,
+            m,
+            n,
+            k,
+            dst,
+            dst_cs,
+            dst_rs,
+            read_dst,
+            lhs,
+            lhs_cs,
+            lhs_rs,
+            rhs,
+            rhs_cs,
+            rhs_rs,
+            alpha,
+            beta,
+            false,
+            false,
+            false,
+            |a, b, c| a * b + c,
+            &ukr::UKR,
+            &ukr::H_UKR,
+            false,
+            parallelism,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    /// The AVX2 path that AMD CPUs take gives what the default path gives, on every layout the
+    /// convolutions use (row- and column-major operands, accumulation, odd sizes).
+    #[test]
+    fn the_avx2_gemm_equals_the_default_one() {
+        if !std::arch::is_x86_feature_detected!("fma") {
+            return;
+        }
+        let [m, n, k] = [37usize, 29, 53];
+        let values = |len: usize, seed: usize| -> Vec<f32> {
+            (0..len)
+                .map(|i| (((i * 7919 + seed * 104729) % 1000) as f32 - 500.0) / 250.0)
+                .collect()
+        };
+        let (lhs, rhs) = (values(m * k, 1), values(k * n, 2));
+        for ((dst_rs, dst_cs), accumulate) in [((n, 1), false), ((1, m), true), ((n, 1), true)] {
+            for (lhs_rs, lhs_cs) in [(k, 1), (1, m)] {
+                for (rhs_rs, rhs_cs) in [(n, 1), (1, k)] {
+                    let start = values(m * n, 3);
+                    let mut want = start.clone();
+                    let mut got = start.clone();
+                    // SAFETY: the strides describe dense m x k, k x n and m x n matrices.
+                    unsafe {
+                        gemm::gemm(
+                            m,
+                            n,
+                            k,
+                            want.as_mut_ptr(),
+                            dst_cs as isize,
+                            dst_rs as isize,
+                            accumulate,
+                            lhs.as_ptr(),
+                            lhs_cs as isize,
+                            lhs_rs as isize,
+                            rhs.as_ptr(),
+                            rhs_cs as isize,
+                            rhs_rs as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                        super::gemm_avx2(
+                            m,
+                            n,
+                            k,
+                            got.as_mut_ptr(),
+                            dst_cs as isize,
+                            dst_rs as isize,
+                            accumulate,
+                            lhs.as_ptr(),
+                            lhs_cs as isize,
+                            lhs_rs as isize,
+                            rhs.as_ptr(),
+                            rhs_cs as isize,
+                            rhs_rs as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            gemm::Parallelism::None,
+                        );
+                    }
+                    for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{i}: {a} vs {b}");
+                    }
+                    // And it is a product: one entry by hand.
+                    let (r, c) = (5, 7);
+                    let mut dot: f64 = (0..k)
+                        .map(|t| {
+                            lhs[r * lhs_rs + t * lhs_cs] as f64
+                                * rhs[t * rhs_rs + c * rhs_cs] as f64
+                        })
+                        .sum();
+                    if accumulate {
+                        dot += start[r * dst_rs + c * dst_cs] as f64;
+                    }
+                    let g = got[r * dst_rs + c * dst_cs] as f64;
+                    assert!((g - dot).abs() < 1e-3 * dot.abs().max(1.0), "{g} vs {dot}");
+                }
+            }
+        }
+    }
+
     /// Every block and edge case lands where an element-by-element transposition puts it.
     #[test]
     fn transpose_matches_elementwise() {
