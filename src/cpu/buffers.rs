@@ -334,6 +334,28 @@ unsafe fn gemm_avx2(
 
 #[cfg(test)]
 mod tests {
+    type GemmFn = unsafe fn(
+        usize,
+        usize,
+        usize,
+        *mut f32,
+        isize,
+        isize,
+        bool,
+        *const f32,
+        isize,
+        isize,
+        *const f32,
+        isize,
+        isize,
+        f32,
+        f32,
+        bool,
+        bool,
+        bool,
+        gemm::Parallelism,
+    );
+
     /// The AVX2 path that AMD CPUs take gives what the default path gives, on every layout the
     /// convolutions use (row- and column-major operands, accumulation, odd sizes).
     #[test]
@@ -354,50 +376,32 @@ mod tests {
                     let start = values(m * n, 3);
                     let mut want = start.clone();
                     let mut got = start.clone();
-                    // SAFETY: the strides describe dense m x k, k x n and m x n matrices.
-                    unsafe {
-                        gemm::gemm(
-                            m,
-                            n,
-                            k,
-                            want.as_mut_ptr(),
-                            dst_cs as isize,
-                            dst_rs as isize,
-                            accumulate,
-                            lhs.as_ptr(),
-                            lhs_cs as isize,
-                            lhs_rs as isize,
-                            rhs.as_ptr(),
-                            rhs_cs as isize,
-                            rhs_rs as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
-                        super::gemm_avx2(
-                            m,
-                            n,
-                            k,
-                            got.as_mut_ptr(),
-                            dst_cs as isize,
-                            dst_rs as isize,
-                            accumulate,
-                            lhs.as_ptr(),
-                            lhs_cs as isize,
-                            lhs_rs as isize,
-                            rhs.as_ptr(),
-                            rhs_cs as isize,
-                            rhs_rs as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            gemm::Parallelism::None,
-                        );
+                    let default: GemmFn = gemm::gemm::<f32>;
+                    for (call, out) in [(default, &mut want), (super::gemm_avx2, &mut got)] {
+                        // SAFETY: the strides describe dense m x k, k x n and m x n matrices.
+                        unsafe {
+                            call(
+                                m,
+                                n,
+                                k,
+                                out.as_mut_ptr(),
+                                dst_cs as isize,
+                                dst_rs as isize,
+                                accumulate,
+                                lhs.as_ptr(),
+                                lhs_cs as isize,
+                                lhs_rs as isize,
+                                rhs.as_ptr(),
+                                rhs_cs as isize,
+                                rhs_rs as isize,
+                                1.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            );
+                        }
                     }
                     for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                         assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{i}: {a} vs {b}");
