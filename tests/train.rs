@@ -681,11 +681,11 @@ fn resume_with_another_recipe_is_refused_listing_every_difference() {
     assert!(matches!(err, TrainError::Resume { .. }), "{err}");
     let text = err.to_string();
     for difference in [
-        "mixup: 0 -> 0.8",
-        "cutmix: 0 -> 1",
-        "mixup_prob: 1 -> 0.9",
+        "mixup: 0.0 -> 0.8",
+        "cutmix: 0.0 -> 1.0",
+        "mixup_prob: 1.0 -> 0.9",
         "auto_augment: none -> rand-m9-mstd0.5",
-        "reprob: 0 -> 0.5",
+        "reprob: 0.0 -> 0.5",
         "model_ema: false -> true",
         "model_ema_decay: 0.9998 -> 0.9",
         "model_ema_warmup: false -> true",

@@ -191,11 +191,7 @@ pub(crate) fn gemm_strided(
     assert!(m == 0 || n == 0 || last(dst_rs, dst_cs, m, n) < dst.len());
     assert!(m == 0 || k == 0 || last(lhs_rs, lhs_cs, m, k) < lhs.len());
     assert!(k == 0 || n == 0 || last(rhs_rs, rhs_cs, k, n) < rhs.len());
-    let call = if avx2_gemm() {
-        gemm_avx2
-    } else {
-        gemm::gemm::<f32>
-    };
+    let call = chosen_gemm();
     // SAFETY: every index the GEMM touches is within the slices, checked above; `dst` is borrowed
     // mutably and so does not alias `lhs` or `rhs`.
     unsafe {
@@ -223,30 +219,56 @@ pub(crate) fn gemm_strided(
     }
 }
 
-/// Whether sknet's GEMMs take the `gemm` crate's AVX2 kernels although the CPU has AVX-512.
-/// `gemm` (built with `x86-v4`) picks its AVX-512 kernels wherever AVX-512 exists. They are
-/// faster on Intel's cores, with two full-width FMA units (training steps 8 to 15% shorter on a
-/// Xeon with AMX), and slower on AMD's Zen, which splits a 512-bit operation in two (training
-/// steps about 20% longer on an EPYC): AMD keeps the AVX2 kernels (BENCHMARKS.md).
-fn avx2_gemm() -> bool {
-    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVX2.get_or_init(|| cpu_vendor_is_amd() && std::arch::is_x86_feature_detected!("fma"))
-}
+/// `gemm::gemm`'s signature for f32.
+type GemmFn = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *mut f32,
+    isize,
+    isize,
+    bool,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    isize,
+    isize,
+    f32,
+    f32,
+    bool,
+    bool,
+    bool,
+    gemm::Parallelism,
+);
 
+/// The GEMM sknet's convolutions call. `gemm` (built with `x86-v4`) picks its AVX-512 kernels
+/// wherever AVX-512 exists. They are faster on Intel's cores, with two full-width FMA units
+/// (training steps 8 to 15% shorter on a Xeon with AMX), and slower on AMD's Zen, which splits a
+/// 512-bit operation in two (training steps about 20% longer on an EPYC): AMD CPUs take its AVX2
+/// kernels (BENCHMARKS.md).
 #[cfg(target_arch = "x86_64")]
-fn cpu_vendor_is_amd() -> bool {
-    // CPUID leaf 0: the vendor string.
-    let id = std::arch::x86_64::__cpuid(0);
-    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
-        .iter()
-        .flat_map(|r| r.to_le_bytes())
-        .collect();
-    vendor == b"AuthenticAMD"
+fn chosen_gemm() -> GemmFn {
+    static AVX2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let avx2 = *AVX2.get_or_init(|| {
+        // CPUID leaf 0: the vendor string.
+        let id = std::arch::x86_64::__cpuid(0);
+        let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+            .iter()
+            .flat_map(|r| r.to_le_bytes())
+            .collect();
+        vendor == b"AuthenticAMD" && std::arch::is_x86_feature_detected!("fma")
+    });
+    if avx2 {
+        gemm_avx2
+    } else {
+        gemm::gemm::<f32>
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn cpu_vendor_is_amd() -> bool {
-    false
+fn chosen_gemm() -> GemmFn {
+    gemm::gemm::<f32>
 }
 
 /// `gemm::gemm` for f32 with its AVX2 + FMA kernels whatever the CPU: the same steps (a
@@ -256,6 +278,7 @@ fn cpu_vendor_is_amd() -> bool {
 ///
 /// # Safety
 /// As `gemm::gemm`; the CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_avx2(
     m: usize,
@@ -334,31 +357,12 @@ unsafe fn gemm_avx2(
 
 #[cfg(test)]
 mod tests {
-    type GemmFn = unsafe fn(
-        usize,
-        usize,
-        usize,
-        *mut f32,
-        isize,
-        isize,
-        bool,
-        *const f32,
-        isize,
-        isize,
-        *const f32,
-        isize,
-        isize,
-        f32,
-        f32,
-        bool,
-        bool,
-        bool,
-        gemm::Parallelism,
-    );
+    use super::GemmFn;
 
     /// The AVX2 path that AMD CPUs take gives what the default path gives, on every layout the
     /// convolutions use (row- and column-major operands, accumulation, odd sizes).
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn the_avx2_gemm_equals_the_default_one() {
         if !std::arch::is_x86_feature_detected!("fma") {
             return;

@@ -101,11 +101,6 @@ fn random_resized_crop(img: &Rgb8, out: [usize; 2], rng: &mut Rng) -> Rgb8 {
 }
 
 impl Augment {
-    /// Applies the augmentation, then the normalization of `eval`, giving `[3, H, W]` values.
-    pub fn apply(&self, img: &Rgb8, eval: &Preprocess, rng: &mut Rng) -> Vec<f32> {
-        eval.normalize(&self.crop_flip(img, eval, rng))
-    }
-
     /// The crop (and flip) at the training size.
     fn crop_flip(&self, img: &Rgb8, eval: &Preprocess, rng: &mut Rng) -> Rgb8 {
         let mut out = match self {

@@ -239,64 +239,6 @@ impl Default for Recipe {
     }
 }
 
-impl Recipe {
-    /// Every field whose value differs between `self` and `other`, as
-    /// `name: this -> other`.
-    pub fn differences(&self, other: &Recipe) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut field = |name: &str, a: String, b: String| {
-            if a != b {
-                out.push(format!("{name}: {a} -> {b}"));
-            }
-        };
-        let text = |aa: &Option<String>| aa.clone().unwrap_or_else(|| "none".into());
-        field("mixup", self.mixup.to_string(), other.mixup.to_string());
-        field("cutmix", self.cutmix.to_string(), other.cutmix.to_string());
-        field(
-            "mixup_prob",
-            self.mixup_prob.to_string(),
-            other.mixup_prob.to_string(),
-        );
-        field(
-            "mixup_switch_prob",
-            self.mixup_switch_prob.to_string(),
-            other.mixup_switch_prob.to_string(),
-        );
-        field(
-            "auto_augment",
-            text(&self.auto_augment),
-            text(&other.auto_augment),
-        );
-        field("reprob", self.reprob.to_string(), other.reprob.to_string());
-        field(
-            "remode",
-            format!("{:?}", self.remode),
-            format!("{:?}", other.remode),
-        );
-        field(
-            "recount",
-            self.recount.to_string(),
-            other.recount.to_string(),
-        );
-        field(
-            "model_ema",
-            self.model_ema.to_string(),
-            other.model_ema.to_string(),
-        );
-        field(
-            "model_ema_decay",
-            self.model_ema_decay.to_string(),
-            other.model_ema_decay.to_string(),
-        );
-        field(
-            "model_ema_warmup",
-            self.model_ema_warmup.to_string(),
-            other.model_ema_warmup.to_string(),
-        );
-        out
-    }
-}
-
 fn one_step() -> usize {
     1
 }

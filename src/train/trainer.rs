@@ -662,38 +662,36 @@ impl Trainer {
 }
 
 /// Every setting that decides which images an epoch sees, and how, that differs between a
-/// checkpoint's run and this one, as `name: then -> now`. The optimizer's settings may change on
+/// checkpoint's run and this one, as `name: then -> now`: the data settings and every field of
+/// the recipe, compared as the checkpoint records them. The optimizer's settings may change on
 /// resume (a lower learning rate, say); these may not.
 fn recipe_differences(then: &TrainSettings, now: &TrainSettings) -> Vec<String> {
-    let pair = |name: &str, a: String, b: String| (a != b).then(|| format!("{name}: {a} -> {b}"));
-    let mut out: Vec<String> = [
-        pair(
-            "data",
-            then.data.display().to_string(),
-            now.data.display().to_string(),
-        ),
-        pair(
-            "val_per_class",
-            then.val_per_class.to_string(),
-            now.val_per_class.to_string(),
-        ),
-        pair("seed", then.seed.to_string(), now.seed.to_string()),
-        pair("batch", then.batch.to_string(), now.batch.to_string()),
-        pair(
-            "augment",
-            format!("{:?}", then.augment),
-            format!("{:?}", now.augment),
-        ),
-        (then.preprocess != now.preprocess).then(|| "preprocess changed".to_string()),
-        pair(
-            "label_smoothing",
-            then.label_smoothing.to_string(),
-            now.label_smoothing.to_string(),
-        ),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    out.extend(then.recipe.differences(&now.recipe));
-    out
+    use serde_json::Value;
+    const DATA: [&str; 7] = [
+        "data",
+        "val_per_class",
+        "seed",
+        "batch",
+        "augment",
+        "preprocess",
+        "label_smoothing",
+    ];
+    let as_json = |s: &TrainSettings| serde_json::to_value(s).expect("settings serialize");
+    let (then, now) = (as_json(then), as_json(now));
+    let show = |v: &Value| match v {
+        Value::Null => "none".to_string(),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    };
+    let fields = |settings: &Value| -> Vec<(String, Value)> {
+        let data = DATA.iter().map(|k| (k.to_string(), settings[*k].clone()));
+        let recipe = settings["recipe"].as_object().cloned().unwrap_or_default();
+        data.chain(recipe).collect()
+    };
+    fields(&then)
+        .into_iter()
+        .zip(fields(&now))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((name, a), (_, b))| format!("{name}: {} -> {}", show(&a), show(&b)))
+        .collect()
 }
