@@ -10,6 +10,8 @@
 //! - [`SkNet`]: the network, with attention outputs and backbone features.
 //! - [`weights`]: checkpoints (safetensors, PyTorch), loading with a key report, timm export.
 //! - [`train`], [`eval`], [`infer`]: training with an observer, evaluation, prediction.
+//! - [`onnx`]: export to ONNX (opset 17), BatchNorms folded or kept, attention as outputs.
+//! - `serve` (feature `serve`, on by default): an HTTP inference server with dynamic batching.
 //! - [`ops`]: the fused tensor operations the layers are made of; they pick sknet's CPU kernels
 //!   where those apply and burn's ops elsewhere.
 //!
@@ -58,9 +60,12 @@ mod files;
 pub mod infer;
 pub mod layers;
 pub mod model;
+pub mod onnx;
 pub mod ops;
 pub mod plot;
 pub mod presets;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod sizes;
 pub mod summary;
 pub mod train;

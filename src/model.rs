@@ -317,7 +317,8 @@ impl SkNet {
         }
     }
 
-    fn pool_out_len(&self, len: usize) -> Option<usize> {
+    /// The stem pool's output length for an input length (the input's when there is no pool).
+    pub(crate) fn pool_out_len(&self, len: usize) -> Option<usize> {
         match self.config.stem {
             StemConfig::Cifar { .. } => Some(len),
             // No padding, ceil mode: the last window may hang over the end.
@@ -328,16 +329,22 @@ impl SkNet {
         }
     }
 
-    fn max_pool(&self, x: Tensor<4>) -> Tensor<4> {
-        let Some((options, geometry)) = self.pool_options() else {
-            return x;
-        };
-        let [_, _, h, w] = x.dims();
-        let options = match self.config.stem {
+    /// The stem's max pool for an `h x w` map, its padding resolved; `None` for stems without
+    /// one.
+    pub(crate) fn stem_pool(&self, h: usize, w: usize) -> Option<MaxPoolOptions<2>> {
+        let (options, geometry) = self.pool_options()?;
+        Some(match self.config.stem {
             StemConfig::KerasSeed { .. } => {
                 options.with_padding_pairs([geometry.pads(h), geometry.pads(w)])
             }
             _ => options,
+        })
+    }
+
+    fn max_pool(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let Some(options) = self.stem_pool(h, w) else {
+            return x;
         };
         let out = match (self.pool_out_len(h), self.pool_out_len(w)) {
             (Some(out_h), Some(out_w)) => Some([out_h, out_w]),

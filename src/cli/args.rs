@@ -75,6 +75,20 @@ pub fn load_weights(
     Ok(loaded)
 }
 
+/// The evaluation transform for `--input`: the weights' own (resized to `--input` if given), else
+/// timm's ImageNet transform at `--input` or the network's size.
+pub fn preprocessing(
+    stored: Option<sknet::infer::Preprocess>,
+    input: Option<[usize; 2]>,
+    network_input: [usize; 2],
+) -> sknet::infer::Preprocess {
+    match (stored, input) {
+        (Some(p), None) => p,
+        (Some(p), Some(size)) => sknet::infer::Preprocess { size, ..p },
+        (None, size) => sknet::infer::Preprocess::imagenet(size.unwrap_or(network_input)),
+    }
+}
+
 /// Checks `--batch` and `--workers` of the commands that read a dataset.
 pub fn check_loader_flags(batch: usize, workers: usize) -> Result<(), CliError> {
     let (max_batch, max_workers) = (sknet::train::MAX_BATCH, sknet::train::MAX_WORKERS);

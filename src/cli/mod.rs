@@ -9,6 +9,8 @@ mod config;
 mod eval;
 mod export;
 mod predict;
+#[cfg(feature = "serve")]
+mod serve;
 mod summary;
 mod train;
 
@@ -52,6 +54,16 @@ pub enum CliError {
     /// The attention analysis cannot run.
     #[error(transparent)]
     Attention(#[from] sknet::attention::AttentionError),
+    /// The ONNX export failed.
+    #[error(transparent)]
+    Onnx(#[from] sknet::onnx::OnnxError),
+    /// The server could not start or stopped on an error.
+    #[cfg(feature = "serve")]
+    #[error(transparent)]
+    Serve(#[from] sknet::serve::ServeError),
+    /// Terminal or runtime I/O.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// Bad argument.
     #[error("invalid argument `{arg}`: {message}")]
     Argument {
@@ -120,8 +132,12 @@ pub enum Command {
     Summary(args::ModelArgs),
     /// Classify images with trained weights (timm's evaluation transform, top-k labels).
     Predict(predict::PredictArgs),
-    /// Write weights as a timm-compatible safetensors file (loads with strict=True in timm).
+    /// Write weights as a timm-compatible safetensors file (loads with strict=True in timm), or
+    /// the network as an ONNX model.
     Export(export::ExportArgs),
+    /// Serve predictions over HTTP, with dynamic batching, metrics and a web page.
+    #[cfg(feature = "serve")]
+    Serve(Box<serve::ServeArgs>),
     /// Train on an image dataset (default: the CIFAR-10 subset shipped in data/cifar10-mini).
     Train(Box<train::TrainArgs>),
     /// Evaluate weights on a labelled image folder: top-1, top-5, loss, per class, confusion.
@@ -149,6 +165,8 @@ pub fn run(cli: Cli) -> Result<String, CliError> {
         Command::Summary(args) => summary::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Export(args) => export::run(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(*args),
         Command::Train(args) => train::run(*args),
         Command::Bench(args) => bench::run(args),
         Command::Eval(args) => eval::run(args),

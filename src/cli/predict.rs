@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use sknet::device::default_device;
-use sknet::infer::{self, Preprocess};
+use sknet::infer;
 
-use super::args::{load_weights, parse_input_size, WeightsArgs};
+use super::args::{load_weights, parse_input_size, preprocessing, WeightsArgs};
 use super::CliError;
 
 /// `sknet predict` arguments.
@@ -36,17 +36,10 @@ pub fn run(args: PredictArgs) -> Result<String, CliError> {
     let device = default_device();
     let loaded = load_weights(&args.weights, &device)?;
     let model = loaded.model.fold_batchnorm();
-    let size = match &args.input {
-        Some(text) => parse_input_size(text)?,
-        None => model.config.default_input,
-    };
-    model.check_input(&[1, model.config.in_channels, size[0], size[1]])?;
+    let input = args.input.as_deref().map(parse_input_size).transpose()?;
+    let pre = preprocessing(loaded.preprocess, input, model.config.default_input);
+    model.check_input(&[1, model.config.in_channels, pre.size[0], pre.size[1]])?;
     let classes = infer::class_names(loaded.classes, model.config.num_classes)?;
-    let pre = match loaded.preprocess {
-        Some(p) if args.input.is_none() => p,
-        Some(p) => Preprocess { size, ..p },
-        None => Preprocess::imagenet(size),
-    };
     let predictions = infer::predict(
         &model,
         &pre,

@@ -12,13 +12,14 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::model::SkNet;
-pub use preprocess::{load_image, Preprocess};
+pub use preprocess::{decode_image, load_image, Preprocess};
+pub use resize::Rgb8;
 
 /// The 1000 ImageNet-1k class names, in timm's order.
 pub const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
 
 /// Inference errors.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum InferError {
     /// An image cannot be used.
     #[error("{path}: {message}")]
@@ -132,62 +133,91 @@ pub fn predict(
     attention: bool,
     device: &Device,
 ) -> Result<Vec<Prediction>, InferError> {
-    let units = match attention {
-        true => crate::attention::units(model),
-        false => Vec::new(),
-    };
     let mut out = Vec::with_capacity(paths.len());
     for chunk in paths.chunks(BATCH) {
         let images = chunk
             .iter()
             .map(|p| load_image(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let x = pre.batch(&images, device);
-        let (logits, unit_weights) = match attention {
-            true => {
-                let (logits, att) = model.forward_with_attention(x);
-                let weights: Vec<Vec<f32>> = att
-                    .into_iter()
-                    .map(|a| crate::ops::values_f32(a.weights))
-                    .collect();
-                (logits, Some(weights))
-            }
-            false => (model.forward(x), None),
+        let names: Vec<String> = chunk.iter().map(|p| p.display().to_string()).collect();
+        let request = Classify {
+            classes,
+            topk,
+            attention,
         };
-        let probs = softmax(logits, 1);
-        let [n, k] = probs.dims();
-        let values = crate::ops::values_f32(probs);
-        for (i, path) in chunk.iter().enumerate().take(n) {
-            let row = &values[i * k..(i + 1) * k];
-            // The softmax of finite logits is finite.
-            if !row.iter().all(|p| p.is_finite()) {
-                return Err(InferError::NotFinite {
-                    path: path.display().to_string(),
-                });
-            }
-            let mut order: Vec<usize> = (0..k).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            let attention = unit_weights
-                .as_ref()
-                .map(|weights| large_kernel_weights(&units, weights, i))
-                .transpose()
-                .map_err(|()| InferError::NotFinite {
-                    path: path.display().to_string(),
-                })?;
-            out.push(Prediction {
-                attention,
-                path: path.display().to_string(),
-                top: order
-                    .into_iter()
-                    .take(topk.min(k))
-                    .map(|j| Scored {
-                        index: j,
-                        label: classes[j].clone(),
-                        probability: row[j],
-                    })
-                    .collect(),
-            });
+        out.extend(classify(model, pre, &names, &images, &request, device)?);
+    }
+    Ok(out)
+}
+
+/// What [`classify`] reports for each image.
+#[derive(Debug, Clone, Copy)]
+pub struct Classify<'a> {
+    /// The network's class names.
+    pub classes: &'a [String],
+    /// How many classes per image.
+    pub topk: usize,
+    /// Add each SK unit's mean large-kernel weight.
+    pub attention: bool,
+}
+
+/// Classifies decoded images in one forward pass; `names[i]` is image `i`'s `path` in its
+/// prediction and in errors.
+pub fn classify(
+    model: &SkNet,
+    pre: &Preprocess,
+    names: &[String],
+    images: &[Rgb8],
+    request: &Classify,
+    device: &Device,
+) -> Result<Vec<Prediction>, InferError> {
+    let units = match request.attention {
+        true => crate::attention::units(model),
+        false => Vec::new(),
+    };
+    let x = pre.batch(images, device);
+    let (logits, unit_weights) = match request.attention {
+        true => {
+            let (logits, att) = model.forward_with_attention(x);
+            let weights: Vec<Vec<f32>> = att
+                .into_iter()
+                .map(|a| crate::ops::values_f32(a.weights))
+                .collect();
+            (logits, Some(weights))
         }
+        false => (model.forward(x), None),
+    };
+    let probs = softmax(logits, 1);
+    let [n, k] = probs.dims();
+    let values = crate::ops::values_f32(probs);
+    let mut out = Vec::with_capacity(n);
+    for (i, name) in names.iter().enumerate().take(n) {
+        let row = &values[i * k..(i + 1) * k];
+        let not_finite = || InferError::NotFinite { path: name.clone() };
+        // The softmax of finite logits is finite.
+        if !row.iter().all(|p| p.is_finite()) {
+            return Err(not_finite());
+        }
+        let mut order: Vec<usize> = (0..k).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        let attention = unit_weights
+            .as_ref()
+            .map(|weights| large_kernel_weights(&units, weights, i))
+            .transpose()
+            .map_err(|()| not_finite())?;
+        out.push(Prediction {
+            attention,
+            path: name.clone(),
+            top: order
+                .into_iter()
+                .take(request.topk.min(k))
+                .map(|j| Scored {
+                    index: j,
+                    label: request.classes[j].clone(),
+                    probability: row[j],
+                })
+                .collect(),
+        });
     }
     Ok(out)
 }

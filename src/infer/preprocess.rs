@@ -165,15 +165,27 @@ fn pad_to(img: Rgb8, w: usize, h: usize) -> Rgb8 {
 /// [`MAX_SIDE`] pixels a side or [`MAX_DECODED_BYTES`] decoded.
 pub fn load_image(path: &Path) -> Result<Rgb8, InferError> {
     let shown = path.display().to_string();
-    let bad = |message: String| InferError::Image {
-        path: shown.clone(),
-        message,
-    };
     // Compressed images are far smaller than their decoded pixels: a file larger than the decoded
     // limit is no image sknet would decode.
-    crate::files::regular_file_len(path, MAX_DECODED_BYTES).map_err(|e| bad(e.to_string()))?;
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| bad(e.to_string()))?
+    let bytes =
+        crate::files::read_bounded(path, MAX_DECODED_BYTES).map_err(|e| InferError::Image {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+    decode_image(&bytes, &shown)
+}
+
+/// Decodes an encoded image held in memory, with the limits of [`load_image`]; `name` is what
+/// errors call it.
+pub fn decode_image(bytes: &[u8], name: &str) -> Result<Rgb8, InferError> {
+    let bad = |message: String| InferError::Image {
+        path: name.to_string(),
+        message,
+    };
+    if bytes.is_empty() {
+        return Err(bad("empty: no image data".into()));
+    }
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| bad(e.to_string()))?;
     if reader.format().is_none() {

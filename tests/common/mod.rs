@@ -117,3 +117,16 @@ pub fn small_dataset(dir: &std::path::Path) -> PathBuf {
     }
     root
 }
+
+/// Runs the binary: exit code, stdout, stderr.
+pub fn sknet(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sknet"))
+        .args(args)
+        .output()
+        .expect("the sknet binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
